@@ -1,0 +1,39 @@
+"""Runtime backends behind one interface: `docker` and `process`.
+
+Only `runtimes.docker_runtime` imports the Docker SDK. `PORTAL_RUNTIME=auto` (the default)
+picks docker when a daemon answers and falls back to local processes otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from django.conf import settings
+
+
+@functools.lru_cache(maxsize=1)
+def _docker_answers() -> bool:
+    try:
+        from deployments_app.runtimes.docker_runtime import docker_ping
+
+        return docker_ping()
+    except Exception:  # noqa: BLE001 - no SDK, no socket, no daemon: all mean "no docker"
+        return False
+
+
+def runtime_name() -> str:
+    configured = settings.PORTAL_RUNTIME
+    if configured == "auto":
+        return "docker" if _docker_answers() else "process"
+    return configured
+
+
+def check_runtime() -> tuple[bool, str]:
+    name = runtime_name()
+    if name == "docker":
+        from deployments_app.runtimes.docker_runtime import docker_ping
+
+        return docker_ping(), "docker daemon answers"
+    if name == "process":
+        return True, "local processes"
+    return False, f"unknown runtime '{name}'"

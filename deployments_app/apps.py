@@ -1,0 +1,12 @@
+from django.apps import AppConfig
+
+
+class DeploymentsAppConfig(AppConfig):
+    name = "deployments_app"
+    verbose_name = "Deployments"
+
+    def ready(self) -> None:
+        from deployments_app import runtimes
+        from portal.health import register_check
+
+        register_check("runtime", runtimes.check_runtime)

@@ -1,0 +1,821 @@
+"""Model server: one scikit-learn model behind a raw ASGI application.
+
+This file runs inside every deployment's container (and as a local subprocess
+where Docker is missing), with the model's own virtual environment. It must
+stay self-contained: standard library, numpy, the model's libraries
+(scikit-learn, joblib, skops, pandas when the model needs named columns) and
+uvicorn (with uvloop and httptools). Never import Django or the portal here.
+
+Start it with::
+
+    python server.py --model /model/model.bin --format joblib --name NAME --version 3 \\
+        --host 0.0.0.0 --port 8080
+
+or ``python -m server`` with the same settings in the environment: MODEL_PATH,
+MODEL_FORMAT (joblib|pickle|skops), MODEL_NAME, MODEL_VERSION, MODEL_COLUMNS
+(JSON list or empty), SKOPS_TRUSTED (JSON list), HOST, PORT, MAX_BODY_BYTES
+(default 10 MB), ACCESS_LOG=1 (one line per request on stderr).
+Command-line options win over the environment.
+
+The model is loaded once, before the port is bound: when the port accepts
+connections, predictions are ready. ``--port 0`` picks a free port; the
+"listening" line written to stderr says which.
+
+Endpoints:
+    GET  /health                       {"status": "ready", "model": ..., "version": ...}
+    POST /predict                      {"instances": [[...]] | [{col: v}], "params": {...}}
+    GET  /v2, /v2/health/live, /v2/health/ready
+    GET  /v2/models/NAME[/versions/V]  Open Inference Protocol metadata
+    GET  /v2/models/NAME[/versions/V]/ready
+    POST /v2/models/NAME[/versions/V]/infer
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pickle
+import socket
+import sys
+import time
+
+import numpy as np
+
+SERVER_NAME = "model-portal-sklearn-server"
+SERVER_VERSION = "1"
+DEFAULT_MAX_BODY = 10 * 1024 * 1024
+
+# Estimators that take strings (or arbitrary objects) as input: when a model
+# contains one, non-numeric input is passed through instead of rejected.
+STRING_ESTIMATORS = frozenset(
+    {
+        "ColumnTransformer",
+        "CountVectorizer",
+        "DictVectorizer",
+        "FeatureHasher",
+        "FunctionTransformer",
+        "HashingVectorizer",
+        "OneHotEncoder",
+        "OrdinalEncoder",
+        "SimpleImputer",
+        "TargetEncoder",
+        "TfidfVectorizer",
+    }
+)
+
+
+class BadRequest(Exception):
+    """The request is wrong: answered with 400 (or ``status``)."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+# --------------------------------------------------------------------------
+# configuration and model loading
+# --------------------------------------------------------------------------
+
+
+def _json_list(value: str | None, what: str) -> list | None:
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    if not value.startswith("["):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    parsed = json.loads(value)
+    if not isinstance(parsed, list):
+        raise SystemExit(f"{what} must be a JSON list")
+    return parsed or None
+
+
+def parse_config(argv: list[str] | None = None) -> argparse.Namespace:
+    env = os.environ
+    parser = argparse.ArgumentParser(description="Serve one scikit-learn model over HTTP.")
+    parser.add_argument("--model", default=env.get("MODEL_PATH", "/model/model.bin"))
+    parser.add_argument(
+        "--format",
+        default=env.get("MODEL_FORMAT") or None,
+        choices=["joblib", "pickle", "skops"],
+        help="default: from the file extension (.skops, .pkl/.pickle, else joblib)",
+    )
+    parser.add_argument("--name", default=env.get("MODEL_NAME", "model"))
+    parser.add_argument("--version", default=env.get("MODEL_VERSION", "1"))
+    parser.add_argument("--columns", default=env.get("MODEL_COLUMNS"), help="JSON list")
+    parser.add_argument("--skops-trusted", default=env.get("SKOPS_TRUSTED"), help="JSON list")
+    parser.add_argument("--host", default=env.get("HOST", "0.0.0.0"))  # noqa: S104 - container
+    parser.add_argument("--port", type=int, default=int(env.get("PORT", "8080")))
+    parser.add_argument(
+        "--max-body-bytes", type=int, default=int(env.get("MAX_BODY_BYTES", DEFAULT_MAX_BODY))
+    )
+    parser.add_argument(
+        "--access-log", action="store_true", default=env.get("ACCESS_LOG", "") == "1"
+    )
+    parser.add_argument("--log-level", default=env.get("LOG_LEVEL", "warning"))
+    cfg = parser.parse_args(argv)
+    cfg.columns = _json_list(cfg.columns, "MODEL_COLUMNS")
+    cfg.skops_trusted = _json_list(cfg.skops_trusted, "SKOPS_TRUSTED")
+    if cfg.format is None:
+        lower = cfg.model.lower()
+        if lower.endswith(".skops"):
+            cfg.format = "skops"
+        elif lower.endswith((".pkl", ".pickle")):
+            cfg.format = "pickle"
+        else:
+            cfg.format = "joblib"
+    return cfg
+
+
+def load_model(path: str, fmt: str, trusted: list[str] | None = None):
+    """Load a model file. The portal scanned and validated it before deploying."""
+    if fmt == "joblib":
+        import joblib
+
+        return joblib.load(path)
+    if fmt == "pickle":
+        with open(path, "rb") as fh:
+            return pickle.load(fh)  # noqa: S301 - validated by the portal before deployment
+    if fmt == "skops":
+        import skops.io
+
+        return skops.io.load(path, trusted=trusted or None)
+    raise ValueError(f"unknown model format {fmt!r}")
+
+
+def _walk(est, depth: int = 0):
+    """Yield an estimator and the estimators nested in pipelines/transformers."""
+    if est is None or depth > 20 or isinstance(est, str):
+        return
+    yield est
+    for attr in ("steps", "transformer_list"):
+        for item in getattr(est, attr, None) or ():
+            if isinstance(item, tuple) and len(item) >= 2:
+                yield from _walk(item[1], depth + 1)
+    for attr in ("transformers_", "transformers"):
+        items = getattr(est, attr, None)
+        if items:
+            for item in items:
+                if isinstance(item, tuple) and len(item) >= 2:
+                    yield from _walk(item[1], depth + 1)
+            break
+    for attr in ("estimator", "base_estimator", "regressor", "classifier"):
+        sub = getattr(est, attr, None)
+        if sub is not None and hasattr(sub, "fit"):
+            yield from _walk(sub, depth + 1)
+
+
+def _column_transformer_names(model) -> list[str] | None:
+    """String column selectors of ColumnTransformers (in order), or None."""
+    names: list[str] = []
+    found = False
+    for est in _walk(model):
+        if type(est).__name__ != "ColumnTransformer":
+            continue
+        for item in getattr(est, "transformers", None) or ():
+            if len(item) < 3:
+                continue
+            cols = item[2]
+            if isinstance(cols, str):
+                cols = [cols]
+            if isinstance(cols, list | tuple) and cols and all(isinstance(c, str) for c in cols):
+                found = True
+                names.extend(c for c in cols if c not in names)
+    return names if found else None
+
+
+def _dtype_name(values) -> str:
+    arr = np.asarray(values)
+    kind = arr.dtype.kind
+    if kind == "b":
+        return "BOOL"
+    if kind in "iu":
+        return "INT64"
+    if kind == "f":
+        return "FP64"
+    if kind == "O" and arr.size:
+        first = arr.flat[0]
+        if isinstance(first, bool | np.bool_):
+            return "BOOL"
+        if isinstance(first, int | np.integer):
+            return "INT64"
+        if isinstance(first, float | np.floating):
+            return "FP64"
+    return "BYTES"
+
+
+class ModelState:
+    """The loaded model and what the server derived from it."""
+
+    def __init__(self, model, name: str, version, columns: list[str] | None = None):
+        if not hasattr(model, "predict"):
+            raise TypeError(f"{type(model).__name__} has no predict method")
+        self.model = model
+        self.name = name
+        self.version = version
+        self.version_str = str(version)
+        fitted_names = getattr(model, "feature_names_in_", None)
+        fitted_names = [str(c) for c in fitted_names] if fitted_names is not None else None
+        ct_names = _column_transformer_names(model)
+        self.columns = list(columns) if columns else (fitted_names or ct_names)
+        # A DataFrame only when the model itself wants names; otherwise numpy
+        # (sklearn warns when a model fitted without names receives them).
+        self.use_frame = bool(self.columns) and (fitted_names is not None or ct_names is not None)
+        if self.use_frame:
+            import pandas
+
+            self.pd = pandas
+        n_in = getattr(model, "n_features_in_", None)
+        self.n_features = len(self.columns) if self.columns else n_in
+        self.accepts_strings = any(type(e).__name__ in STRING_ESTIMATORS for e in _walk(model))
+        try:
+            self.has_proba = hasattr(model, "predict_proba")
+        except Exception:  # noqa: BLE001 - some meta-estimators raise other errors
+            self.has_proba = False
+        classes = getattr(model, "classes_", None)
+        self.classes = _plain(np.asarray(classes).tolist()) if classes is not None else None
+
+    # -- input ---------------------------------------------------------------
+
+    def records_to_rows(self, records: list) -> list:
+        if not self.columns:
+            raise BadRequest(
+                "this model has no column names: send each instance as a list of "
+                f"{self.n_features if self.n_features is not None else 'its'} feature values"
+            )
+        cols = self.columns
+        known = set(cols)
+        rows = []
+        for i, rec in enumerate(records):
+            if not isinstance(rec, dict):
+                raise BadRequest(f"instance {i}: mix of records and lists")
+            missing = [c for c in cols if c not in rec]
+            if missing:
+                raise BadRequest(f"instance {i}: missing column(s) {missing}")
+            if len(rec) != len(cols):
+                extra = sorted(k for k in rec if k not in known)
+                raise BadRequest(f"instance {i}: unknown column(s) {extra}; expected {cols}")
+            rows.append([rec[c] for c in cols])
+        return rows
+
+    def build_input(self, instances):
+        """Turn a JSON list of rows or records into what predict takes."""
+        if not isinstance(instances, list):
+            raise BadRequest("instances must be a list of rows or records")
+        if not instances:
+            raise BadRequest("no instances given")
+        if isinstance(instances[0], dict):
+            instances = self.records_to_rows(instances)
+        n = self.n_features
+        if self.use_frame and self.accepts_strings:
+            # Text or categorical columns: keep values as sent, pandas infers dtypes.
+            self._check_rows(instances)
+            return self.pd.DataFrame(instances, columns=self.columns)
+        try:
+            arr = np.asarray(instances, dtype=float)
+        except (ValueError, TypeError) as exc:
+            arr = None
+            reason = str(exc)
+        if arr is not None:
+            if arr.ndim != 2:
+                raise BadRequest(
+                    "each instance must be a list of "
+                    f"{n if n is not None else 'feature'} values (got shape {list(arr.shape)})"
+                )
+            if n is not None and arr.shape[1] != n:
+                raise BadRequest(f"expected {n} features per instance, got {arr.shape[1]}")
+            if self.use_frame:
+                return self.pd.DataFrame(arr, columns=self.columns)
+            return arr
+        # Not a numeric matrix: ragged rows, nested values or strings.
+        self._check_rows(instances)
+        if not self.accepts_strings:
+            raise BadRequest(f"non-numeric feature value: {reason}")
+        if self.use_frame:
+            return self.pd.DataFrame(instances, columns=self.columns)
+        return np.asarray(instances, dtype=object)
+
+    def _check_rows(self, instances: list) -> None:
+        n = self.n_features
+        for i, row in enumerate(instances):
+            if not isinstance(row, list):
+                raise BadRequest(f"instance {i} is not a list of feature values")
+            if n is not None and len(row) != n:
+                raise BadRequest(
+                    f"expected {n} features per instance, got {len(row)} (instance {i})"
+                )
+            for v in row:
+                if isinstance(v, dict | list):
+                    raise BadRequest(f"instance {i}: feature values must be scalars")
+
+    # -- prediction ----------------------------------------------------------
+
+    def predict(self, x, proba: bool):
+        pred = self.model.predict(x)
+        probs = self.model.predict_proba(x) if proba and self.has_proba else None
+        return pred, probs
+
+
+def _plain(value):
+    """numpy scalars/arrays -> plain JSON values; NaN/inf -> None."""
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, np.generic):
+        return _plain(value.item())
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value
+
+
+def _tolist(arr) -> list:
+    arr = np.asarray(arr)
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            return _plain(arr.tolist())
+        return arr.tolist()
+    if arr.dtype.kind in "iub":
+        return arr.tolist()
+    return _plain(arr.tolist())
+
+
+def _json_default(obj):
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return str(obj)
+
+
+_encode = json.JSONEncoder(
+    default=_json_default, separators=(",", ":"), ensure_ascii=False, allow_nan=True
+).encode
+
+
+def _dumps(obj) -> bytes:
+    return _encode(obj).encode()
+
+
+def _flatten(data) -> list:
+    if not isinstance(data, list):
+        raise BadRequest("tensor data must be a list")
+    if data and isinstance(data[0], list):
+        out: list = []
+        stack = [data]
+        while stack:  # iterative flatten keeps order with a reversed stack
+            top = stack.pop()
+            if isinstance(top, list):
+                stack.extend(reversed(top))
+            else:
+                out.append(top)
+        return out
+    return data
+
+
+# --------------------------------------------------------------------------
+# the ASGI application
+# --------------------------------------------------------------------------
+
+
+class App:
+    """Raw ASGI application; ``state`` is None until the model is loaded."""
+
+    def __init__(
+        self,
+        state: ModelState | None = None,
+        *,
+        cfg=None,
+        max_body: int | None = None,
+        access_log: bool = False,
+    ):
+        self.state = state
+        self.cfg = cfg
+        self.max_body = (
+            max_body
+            if max_body is not None
+            else (cfg.max_body_bytes if cfg is not None else DEFAULT_MAX_BODY)
+        )
+        self.access_log = access_log
+        self._health_body = b""
+        if state is not None:
+            self._on_ready()
+
+    def _on_ready(self):
+        s = self.state
+        self._health_body = _dumps({"status": "ready", "model": s.name, "version": s.version})
+        self._v2_prefix = "/v2/models/" + s.name
+
+    # -- lifespan --------------------------------------------------------------
+
+    async def _lifespan(self, receive, send):
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    if self.state is None and self.cfg is not None:
+                        self.state = make_state(self.cfg)
+                        self._on_ready()
+                except Exception as exc:  # noqa: BLE001 - reported to uvicorn, which exits
+                    await send({"type": "lifespan.startup.failed", "message": repr(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- HTTP ------------------------------------------------------------------
+
+    async def __call__(self, scope, receive, send):
+        kind = scope["type"]
+        if kind != "http":
+            if kind == "lifespan":
+                await self._lifespan(receive, send)
+            return
+        start = time.perf_counter() if self.access_log else 0.0
+        method = scope["method"]
+        path = scope["path"]
+        try:
+            status, body, extra = await self._dispatch(method, path, scope, receive)
+        except BadRequest as exc:
+            status, body, extra = exc.status, _dumps({"error": str(exc)}), None
+        except Exception as exc:  # noqa: BLE001 - a JSON 500 with the message, no traceback
+            message = f"internal error: {type(exc).__name__}: {exc}"
+            status, body, extra = 500, _dumps({"error": message}), None
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        if extra is not None:
+            headers.extend(extra)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        if self.access_log:
+            client = scope.get("client") or ("-", 0)
+            ms = (time.perf_counter() - start) * 1000
+            sys.stderr.write(f'{client[0]} "{method} {path}" {status} {len(body)} {ms:.2f}ms\n')
+
+    async def _dispatch(self, method, path, scope, receive):
+        if path == "/predict":
+            if method != "POST":
+                return _method_not_allowed("POST")
+            state = self._ready_state()
+            return self._predict(state, await self._read_json(scope, receive))
+        if path == "/health" or path == "/":
+            if method not in ("GET", "HEAD"):
+                return _method_not_allowed("GET, HEAD")
+            if self.state is None:
+                return 503, _dumps({"status": "loading"}), None
+            return 200, self._health_body, None
+        if path.startswith("/v2"):
+            return await self._v2(method, path, scope, receive)
+        raise BadRequest(f"not found: {path}", 404)
+
+    def _ready_state(self) -> ModelState:
+        if self.state is None:
+            raise BadRequest("model not loaded yet", 503)
+        return self.state
+
+    async def _read_json(self, scope, receive):
+        limit = self.max_body
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    raise BadRequest("invalid Content-Length") from None
+                if length > limit:
+                    raise BadRequest(f"request body over {limit} bytes", 413)
+                break
+        message = await receive()
+        body = message.get("body", b"")
+        if message.get("more_body", False):
+            chunks = [body]
+            size = len(body)
+            while message.get("more_body", False):
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise BadRequest("client disconnected")
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise BadRequest(f"request body over {limit} bytes", 413)
+                chunks.append(chunk)
+            body = b"".join(chunks)
+        if len(body) > limit:
+            raise BadRequest(f"request body over {limit} bytes", 413)
+        if not body:
+            raise BadRequest("empty request body: JSON expected")
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadRequest(f"malformed JSON: {exc}") from None
+        if not isinstance(payload, dict):
+            raise BadRequest("the JSON body must be an object")
+        return payload
+
+    # -- /predict --------------------------------------------------------------
+
+    def _predict(self, state: ModelState, payload: dict):
+        if "instances" in payload:
+            instances = payload["instances"]
+        elif "inputs" in payload:
+            instances = payload["inputs"]
+            if isinstance(instances, dict):  # columnar: {"col": [v, ...], ...}
+                instances = _columns_to_records(instances)
+        else:
+            raise BadRequest('expected "instances" or "inputs"')
+        params = payload.get("params") or payload.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise BadRequest('"params" must be an object')
+        want_proba = bool(params.get("proba"))
+        x = state.build_input(instances)
+        try:
+            pred, probs = state.predict(x, want_proba)
+        except Exception as exc:  # noqa: BLE001 - reported to the caller as a 500
+            return 500, _dumps({"error": f"predict failed: {type(exc).__name__}: {exc}"}), None
+        out = {"predictions": _tolist(pred)}
+        if probs is not None:
+            out["probabilities"] = _tolist(probs)
+            if state.classes is not None:
+                out["classes"] = state.classes
+        out["model"] = state.name
+        out["version"] = state.version
+        return 200, _dumps(out), None
+
+    # -- Open Inference Protocol (V2) ----------------------------------------
+
+    async def _v2(self, method, path, scope, receive):
+        if path in ("/v2", "/v2/"):
+            if method not in ("GET", "HEAD"):
+                return _method_not_allowed("GET, HEAD")
+            return (
+                200,
+                _dumps({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": []}),
+                None,
+            )
+        if path == "/v2/health/live":
+            if method not in ("GET", "HEAD"):
+                return _method_not_allowed("GET, HEAD")
+            return 200, b'{"live":true}', None
+        if path == "/v2/health/ready":
+            if method not in ("GET", "HEAD"):
+                return _method_not_allowed("GET, HEAD")
+            if self.state is None:
+                return 503, b'{"ready":false}', None
+            return 200, b'{"ready":true}', None
+        if not path.startswith("/v2/models/"):
+            raise BadRequest(f"not found: {path}", 404)
+        parts = path[len("/v2/models/") :].rstrip("/").split("/")
+        name, rest = parts[0], parts[1:]
+        version = None
+        if len(rest) >= 2 and rest[0] == "versions":
+            version, rest = rest[1], rest[2:]
+        action = rest[0] if len(rest) == 1 else ("" if not rest else None)
+        if action not in ("", "ready", "infer"):
+            raise BadRequest(f"not found: {path}", 404)
+        state = self._ready_state()
+        if name != state.name:
+            raise BadRequest(f"unknown model {name!r}", 404)
+        if version is not None and version != state.version_str:
+            raise BadRequest(f"unknown version {version!r} of model {name!r}", 404)
+        if action == "infer":
+            if method != "POST":
+                return _method_not_allowed("POST")
+            return self._v2_infer(state, await self._read_json(scope, receive))
+        if method not in ("GET", "HEAD"):
+            return _method_not_allowed("GET, HEAD")
+        if action == "ready":
+            return 200, _dumps({"name": state.name, "ready": True}), None
+        return 200, _dumps(_v2_metadata(state)), None
+
+    def _v2_infer(self, state: ModelState, payload: dict):
+        inputs = payload.get("inputs")
+        if not isinstance(inputs, list) or not inputs:
+            raise BadRequest('"inputs" must be a non-empty list of tensors')
+        params = payload.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise BadRequest('"parameters" must be an object')
+        requested = payload.get("outputs")
+        if requested is not None:
+            if not isinstance(requested, list):
+                raise BadRequest('"outputs" must be a list')
+            names = []
+            for item in requested:
+                name = item.get("name") if isinstance(item, dict) else None
+                if name not in ("predict", "predict_proba"):
+                    raise BadRequest(f"unknown output {name!r}: predict or predict_proba")
+                names.append(name)
+            if "predict_proba" in names and not state.has_proba:
+                raise BadRequest("this model has no predict_proba")
+        else:
+            names = ["predict"]
+            if params.get("proba") and state.has_proba:
+                names.append("predict_proba")
+        instances = _tensors_to_instances(state, inputs)
+        x = state.build_input(instances)
+        try:
+            pred, probs = state.predict(x, "predict_proba" in names)
+        except Exception as exc:  # noqa: BLE001 - reported to the caller as a 500
+            return 500, _dumps({"error": f"predict failed: {type(exc).__name__}: {exc}"}), None
+        outputs = []
+        for name in names:
+            arr = np.asarray(pred if name == "predict" else probs)
+            outputs.append(
+                {
+                    "name": name,
+                    "shape": list(arr.shape),
+                    "datatype": _dtype_name(arr),
+                    "data": _tolist(arr.reshape(-1)),
+                }
+            )
+        out = {"model_name": state.name, "model_version": state.version_str}
+        if "id" in payload:
+            out["id"] = payload["id"]
+        out["outputs"] = outputs
+        return 200, _dumps(out), None
+
+
+def _method_not_allowed(allow: str):
+    return (
+        405,
+        _dumps({"error": f"method not allowed; use {allow}"}),
+        [(b"allow", allow.encode())],
+    )
+
+
+def _columns_to_records(columns: dict) -> list:
+    lengths = set()
+    for key, values in columns.items():
+        if not isinstance(values, list):
+            raise BadRequest(f"column {key!r} must be a list of values")
+        lengths.add(len(values))
+    if len(lengths) != 1:
+        raise BadRequest("all columns must have the same number of values")
+    keys = list(columns)
+    return [dict(zip(keys, row, strict=True)) for row in zip(*columns.values(), strict=True)]
+
+
+def _tensor_shape(tensor, i: int) -> list[int]:
+    shape = tensor.get("shape")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise BadRequest(f"input {i}: shape must be a list of non-negative integers")
+    return shape
+
+
+def _tensors_to_instances(state: ModelState, inputs: list) -> list:
+    for i, tensor in enumerate(inputs):
+        if not isinstance(tensor, dict) or "data" not in tensor:
+            raise BadRequest(f"input {i}: a tensor needs name, shape, datatype and data")
+    cols = state.columns or []
+    # One tensor [N, F]: rows.
+    if len(inputs) == 1:
+        tensor = inputs[0]
+        shape = _tensor_shape(tensor, 0)
+        single_column = len(cols) == 1 and tensor.get("name") == cols[0]
+        if len(shape) == 2:
+            data = _flatten(tensor["data"])
+            n, f = shape
+            if len(data) != n * f:
+                raise BadRequest(f"input 0: shape {shape} needs {n * f} values, got {len(data)}")
+            return [data[r * f : (r + 1) * f] for r in range(n)]
+        if len(shape) == 1 and not single_column:
+            if state.n_features == 1 or state.n_features is None:
+                data = _flatten(tensor["data"])
+                return [[v] for v in data]
+            raise BadRequest(
+                f"input 0: shape {shape}: expected [N, {state.n_features}] "
+                f"or one tensor per column {cols or ''}".rstrip()
+            )
+    # One tensor per column, shape [N] or [N, 1]: records.
+    if not cols:
+        raise BadRequest(
+            "one tensor per column needs a model with column names; "
+            f"send one tensor of shape [N, {state.n_features}]"
+        )
+    columns: dict = {}
+    for i, tensor in enumerate(inputs):
+        name = tensor.get("name")
+        if name not in cols:
+            raise BadRequest(f"input {i}: unknown column {name!r}; expected {cols}")
+        shape = _tensor_shape(tensor, i)
+        if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
+            raise BadRequest(f"input {name!r}: shape must be [N] or [N, 1], got {shape}")
+        data = _flatten(tensor["data"])
+        if len(data) != shape[0]:
+            raise BadRequest(f"input {name!r}: shape {shape} needs {shape[0]} values")
+        columns[name] = data
+    missing = [c for c in cols if c not in columns]
+    if missing:
+        raise BadRequest(f"missing input tensor(s) for column(s) {missing}")
+    return _columns_to_records(columns)
+
+
+def _v2_metadata(state: ModelState) -> dict:
+    feature_type = "BYTES" if state.accepts_strings else "FP64"
+    if state.columns:
+        inputs = [{"name": c, "datatype": feature_type, "shape": [-1]} for c in state.columns]
+    else:
+        inputs = [
+            {"name": "input-0", "datatype": feature_type, "shape": [-1, state.n_features or -1]}
+        ]
+    if state.classes is not None:
+        outputs = [{"name": "predict", "datatype": _dtype_name(state.classes), "shape": [-1]}]
+    else:
+        outputs = [{"name": "predict", "datatype": "FP64", "shape": [-1]}]
+    if state.has_proba:
+        n_classes = len(state.classes) if state.classes is not None else -1
+        outputs.append({"name": "predict_proba", "datatype": "FP64", "shape": [-1, n_classes]})
+    return {
+        "name": state.name,
+        "versions": [state.version_str],
+        "platform": "sklearn",
+        "inputs": inputs,
+        "outputs": outputs,
+    }
+
+
+# --------------------------------------------------------------------------
+# entry point
+# --------------------------------------------------------------------------
+
+
+def _version_value(raw):
+    return int(raw) if isinstance(raw, str) and raw.isdigit() else raw
+
+
+def make_state(cfg) -> ModelState:
+    model = load_model(cfg.model, cfg.format, cfg.skops_trusted)
+    return ModelState(model, cfg.name, _version_value(cfg.version), cfg.columns)
+
+
+def _log(event: str, **fields):
+    sys.stderr.write(json.dumps({"event": event, **fields}) + "\n")
+    sys.stderr.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(argv)
+    started = time.perf_counter()
+    try:
+        state = make_state(cfg)
+    except Exception as exc:  # noqa: BLE001 - a clear message and exit code, no traceback
+        _log(
+            "load_failed", model=cfg.model, format=cfg.format, error=f"{type(exc).__name__}: {exc}"
+        )
+        return 3
+    load_ms = round((time.perf_counter() - started) * 1000, 1)
+    app = App(state, cfg=cfg, access_log=cfg.access_log)
+
+    import uvicorn
+
+    # Bind only now that the model is loaded: an open port means ready.
+    family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((cfg.host, cfg.port))
+    except OSError as exc:
+        _log("bind_failed", host=cfg.host, port=cfg.port, error=str(exc))
+        return 4
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    config = uvicorn.Config(
+        app,
+        loop="uvloop",
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        log_level=cfg.log_level,
+        server_header=False,
+        backlog=2048,
+    )
+    _log(
+        "listening",
+        host=cfg.host,
+        port=sock.getsockname()[1],
+        model=cfg.name,
+        version=state.version,
+        load_ms=load_ms,
+    )
+    uvicorn.Server(config).run(sockets=[sock])
+    return 0
+
+
+def _app_from_env() -> App:
+    """For ``uvicorn server:app``: the model loads at lifespan startup."""
+    return App(None, cfg=parse_config([]), access_log=os.environ.get("ACCESS_LOG") == "1")
+
+
+def __getattr__(name):  # module attribute ``app`` built on first access
+    if name == "app":
+        app = _app_from_env()
+        globals()["app"] = app
+        return app
+    raise AttributeError(name)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

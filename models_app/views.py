@@ -1,0 +1,181 @@
+"""Registry pages. Thin: parse input, call one service, render."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.csrf import csrf_protect
+from django.views.decorators.http import require_GET, require_POST
+
+from models_app import selectors, services
+from models_app.forms import AliasForm, ApprovalForm, UploadForm
+from models_app.storage import artifact_path
+from models_app.uploads import install_upload_limit, upload_too_large
+from portal.audit import Actor, audit_record
+from portal.errors import ApplicationError
+from portal.permissions import capability_required
+
+
+@require_GET
+@capability_required("view")
+def model_list(request: HttpRequest) -> HttpResponse:
+    search = request.GET.get("q", "").strip()
+    return render(
+        request,
+        "models_app/model_list.html",
+        {"models": selectors.model_list(search=search), "q": search},
+    )
+
+
+@require_GET
+@capability_required("view")
+def model_detail(request: HttpRequest, name: str) -> HttpResponse:
+    model = selectors.model_get(name=name)
+    return render(
+        request,
+        "models_app/model_detail.html",
+        {
+            "model": model,
+            "versions": selectors.version_list(model=model),
+            "aliases": model.aliases.select_related("version").order_by("name"),
+        },
+    )
+
+
+@require_GET
+@capability_required("view")
+def version_detail(request: HttpRequest, name: str, number: int) -> HttpResponse:
+    version = selectors.version_get(model_name=name, number=number)
+    return render(
+        request,
+        "models_app/version_detail.html",
+        {
+            "version": version,
+            "model": version.model,
+            "approval_form": ApprovalForm(),
+            "alias_form": AliasForm(),
+            "can_review": request.user.pk != version.uploaded_by_id,
+        },
+    )
+
+
+@require_GET
+@capability_required("view")
+def version_download(request: HttpRequest, name: str, number: int) -> FileResponse:
+    version = selectors.version_get(model_name=name, number=number)
+    audit_record(
+        actor=Actor.from_request(request), action="model_version.downloaded", target=version
+    )
+    suffix = {"pickle": ".pkl", "joblib": ".joblib", "skops": ".skops"}.get(version.format, ".bin")
+    return FileResponse(
+        open(artifact_path(version.artifact_sha256), "rb"),
+        as_attachment=True,  # noqa: SIM115 - FileResponse closes it
+        filename=f"{version.model.name}-v{version.number}{suffix}",
+        content_type="application/octet-stream",
+    )
+
+
+@csrf_protect
+@capability_required("upload")
+def model_upload(request: HttpRequest) -> HttpResponse:
+    """Upload page. The page's script posts with XHR (progress bar) and expects JSON back."""
+    wants_json = request.headers.get("Accept", "").startswith("application/json")
+    if request.method == "POST":
+        install_upload_limit(request)
+        if upload_too_large(request):
+            error = f"The file is larger than the limit of {services.max_upload_mb()} MB."
+            if wants_json:
+                return JsonResponse({"errors": {"file": [error]}}, status=413)
+            form = UploadForm(request.POST)
+            form.add_error(None, error)
+            return render(
+                request,
+                "models_app/upload.html",
+                {"form": form, "max_mb": services.max_upload_mb()},
+                status=413,
+            )
+        form = UploadForm(request.POST, request.FILES)
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                version, created = services.model_version_upload(
+                    model_name=data["model_name"],
+                    chunks=data["file"].chunks(),
+                    actor=Actor.from_request(request),
+                    user=request.user,
+                    filename=data["file"].name,
+                    description=data["description"],
+                    example_text=data["input_example"],
+                    tags=data["tags"],
+                    metrics=data["metrics"],
+                    sklearn_version=data["sklearn_version"],
+                )
+            except ApplicationError as exc:
+                form.add_error(None, exc.message)
+            else:
+                url = reverse("version-detail", args=[version.model.name, version.number])
+                note = (
+                    "uploaded; validation has started"
+                    if created
+                    else "these exact bytes were already uploaded: showing that version"
+                )
+                messages.success(request, f"{version}: {note}.")
+                if wants_json:
+                    return JsonResponse({"redirect": url, "created": created})
+                return redirect(url)
+        if wants_json:
+            return JsonResponse({"errors": form.errors.get_json_data()}, status=400)
+    else:
+        form = UploadForm(initial={"model_name": request.GET.get("model", "")})
+    return render(
+        request, "models_app/upload.html", {"form": form, "max_mb": services.max_upload_mb()}
+    )
+
+
+@require_POST
+@capability_required("approve")
+def version_approve(request: HttpRequest, name: str, number: int) -> HttpResponse:
+    version = selectors.version_get(model_name=name, number=number)
+    form = ApprovalForm(request.POST)
+    if form.is_valid():
+        try:
+            services.model_version_approve(
+                version=version,
+                user=request.user,
+                actor=Actor.from_request(request),
+                approve=form.cleaned_data["decision"] == "approve",
+                comment=form.cleaned_data["comment"],
+            )
+            messages.success(request, f"{version} is now {version.approval}.")
+        except ApplicationError as exc:
+            messages.error(request, exc.message)
+    else:
+        messages.error(request, "Choose approve or reject.")
+    return redirect("version-detail", name, number)
+
+
+@require_POST
+@capability_required("deploy")
+def alias_set(request: HttpRequest, name: str, number: int) -> HttpResponse:
+    version = selectors.version_get(model_name=name, number=number)
+    form = AliasForm(request.POST)
+    if form.is_valid():
+        try:
+            services.model_alias_set(
+                model=version.model,
+                name=form.cleaned_data["alias"],
+                version_number=version.number,
+                user=request.user,
+                actor=Actor.from_request(request),
+            )
+            messages.success(
+                request,
+                f"Alias '{form.cleaned_data['alias']}' now points to version {version.number}.",
+            )
+        except ApplicationError as exc:
+            messages.error(request, exc.message)
+    else:
+        messages.error(request, "; ".join(form.errors.get("alias", ["invalid alias"])))
+    return redirect("version-detail", name, number)
