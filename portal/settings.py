@@ -108,6 +108,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"}
     )
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # A file, not memory: a test worker process must see the test database too.
+    DATABASES["default"]["TEST"] = {"NAME": str(PORTAL_DATA_DIR / "test.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Celery --------------------------------------------------------------------------------
@@ -135,14 +138,33 @@ CELERY_BEAT_SCHEDULE = {
     "reconcile-deployments": {
         "task": "deployments_app.tasks.reconcile",
         "schedule": PORTAL_RECONCILE_SECONDS,
+        # A reconcile that waited longer than one period is superseded by the next one.
+        "options": {"expires": PORTAL_RECONCILE_SECONDS},
     },
 }
+
+# --- Cache (locks, API-key lookups, rate limits): Redis when configured, else on disk ---
+if REDIS_URL:
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+    }
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": str(PORTAL_DATA_DIR / "cache"),
+        }
+    }
 
 # --- Runtime -------------------------------------------------------------------------------
 # "auto" picks docker when a daemon answers, else process.
 PORTAL_RUNTIME = env.str("PORTAL_RUNTIME", default="auto")
 PORTAL_BASE_IMAGE = env.str("PORTAL_BASE_IMAGE", default="python:3.11-slim")
 PORTAL_PUBLISH_HOST = env.str("PORTAL_PUBLISH_HOST", default="127.0.0.1")
+PORTAL_BUILD_TIMEOUT = env.int("PORTAL_BUILD_TIMEOUT", default=900)
+PORTAL_START_TIMEOUT = env.int("PORTAL_START_TIMEOUT", default=90)
+PORTAL_STALE_SECONDS = env.int("PORTAL_STALE_SECONDS", default=120)
+PORTAL_MAX_WORK_ATTEMPTS = env.int("PORTAL_MAX_WORK_ATTEMPTS", default=3)
 PORTAL_SANDBOX_TIMEOUT = env.int("PORTAL_SANDBOX_TIMEOUT", default=120)
 PORTAL_SANDBOX_MEMORY_MB = env.int("PORTAL_SANDBOX_MEMORY_MB", default=2048)
 
@@ -226,5 +248,5 @@ LOGGING = {
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
 
-for _dir in (PORTAL_DATA_DIR, PORTAL_ARTIFACT_DIR, PORTAL_UPLOAD_TMP_DIR):
+for _dir in (PORTAL_DATA_DIR, PORTAL_ARTIFACT_DIR, PORTAL_UPLOAD_TMP_DIR, STATIC_ROOT):
     _dir.mkdir(parents=True, exist_ok=True)

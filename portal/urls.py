@@ -16,5 +16,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("", include("models_app.urls")),
+    path("", include("deployments_app.urls")),
     path("api/v1/", include("models_app.api.urls")),
+    path("api/v1/", include("deployments_app.api.urls")),
 ]

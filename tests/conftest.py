@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -33,7 +34,7 @@ def make_user(db):
     def _make(role: str | None = None, **kwargs):
         user = UserFactory(**kwargs)
         if role:
-            user.groups.add(Group.objects.get(name=role))
+            user.groups.add(Group.objects.get_or_create(name=role)[0])
         return user
 
     return _make
@@ -86,3 +87,119 @@ def fixture_copy(tmp_path):
         return target
 
     return _copy
+
+
+# --------------------------------------------------------------------------- real worker
+
+
+def _database_url(settings_dict: dict) -> str:
+    if settings_dict["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{settings_dict['NAME']}"
+    return (
+        f"postgres://{settings_dict['USER']}:{settings_dict['PASSWORD']}@"
+        f"{settings_dict['HOST'] or '127.0.0.1'}:{settings_dict['PORT'] or 5432}/"
+        f"{settings_dict['NAME']}"
+    )
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory):
+    """A real Celery worker process on the real broker, using the test database.
+
+    Tests that use it need `transactional_db` (the worker must see committed rows) and the
+    `worker_storage` fixture (the worker and the test share one artifact store). A private
+    queue keeps a developer's own worker, if any, away from the test's tasks.
+    """
+    import os
+    import subprocess
+    import sys
+    import uuid
+
+    from django.conf import settings as dj_settings
+    from django.db import connection
+
+    from portal.celery import app
+
+    queue = f"portal-test-{uuid.uuid4().hex[:8]}"
+    storage = tmp_path_factory.mktemp("worker-storage")
+    env = dict(os.environ)
+    env.update(
+        {
+            "DATABASE_URL": _database_url(connection.settings_dict),
+            "PORTAL_ARTIFACT_DIR": str(storage / "artifacts"),
+            "PORTAL_DATA_DIR": str(storage / "data"),
+            "PORTAL_ENV_CACHE": str(dj_settings.PORTAL_ENV_CACHE),
+            "PORTAL_WHEELHOUSE": str(dj_settings.PORTAL_WHEELHOUSE),
+            "CELERY_BROKER_URL": dj_settings.CELERY_BROKER_URL,
+        }
+    )
+    if dj_settings.CELERY_BROKER_URL.startswith("filesystem://"):
+        env["PORTAL_DATA_DIR"] = str(dj_settings.PORTAL_DATA_DIR)  # share the broker folder
+    old_queue = app.conf.task_default_queue
+    app.conf.task_default_queue = queue
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "portal",
+            "worker",
+            "--loglevel",
+            "INFO",
+            "--concurrency",
+            "2",
+            "--queues",
+            queue,
+            "--hostname",
+            f"{queue}@%h",
+            "--without-mingle",
+            "--without-gossip",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    proc.storage = storage  # type: ignore[attr-defined]
+    proc.queue = queue  # type: ignore[attr-defined]
+    try:
+        yield proc
+    finally:
+        app.conf.task_default_queue = old_queue
+        import signal
+
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if dj_settings.CELERY_BROKER_URL.startswith("redis://"):
+            import redis
+
+            redis.Redis.from_url(dj_settings.CELERY_BROKER_URL).delete(queue)
+
+
+@pytest.fixture
+def worker_storage(settings, celery_worker_process):
+    """Point this test's artifact store at the one the worker uses."""
+    settings.PORTAL_ARTIFACT_DIR = celery_worker_process.storage / "artifacts"
+    settings.PORTAL_ARTIFACT_DIR.mkdir(exist_ok=True)
+    return settings.PORTAL_ARTIFACT_DIR
+
+
+def wait_for(predicate, *, timeout: float, interval: float = 0.5, what: str = "condition"):
+    """Poll until predicate() is truthy; fail with `what` after timeout seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

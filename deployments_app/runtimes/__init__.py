@@ -37,3 +37,15 @@ def check_runtime() -> tuple[bool, str]:
     if name == "process":
         return True, "local processes"
     return False, f"unknown runtime '{name}'"
+
+
+def get_runtime(name: str | None = None):
+    """The runtime backend `name` (default: the configured one), set up from settings."""
+    from deployments_app.runtimes.registry import get_runtime as build_runtime
+
+    return build_runtime(
+        name or runtime_name(),
+        state_root=settings.PORTAL_DATA_DIR / "runtime",
+        env_root=settings.PORTAL_ENV_CACHE / "servers",
+        build_timeout=settings.PORTAL_BUILD_TIMEOUT,
+    )

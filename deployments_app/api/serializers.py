@@ -1,0 +1,94 @@
+from rest_framework import serializers
+
+from deployments_app.models import Build, Deployment, DeploymentEvent, Replica
+
+
+class ReplicaOutSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Replica
+        fields = [
+            "name",
+            "index",
+            "version_number",
+            "endpoint",
+            "healthy",
+            "state",
+            "restarts",
+            "updated_at",
+        ]
+
+
+class DeploymentOutSerializer(serializers.ModelSerializer):
+    model = serializers.CharField(source="model.name")
+    version = serializers.IntegerField(source="version.number")
+    previous_version = serializers.IntegerField(source="previous_version.number", default=None)
+    replica_set = ReplicaOutSerializer(many=True, read_only=True)
+    predict_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Deployment
+        fields = [
+            "name",
+            "model",
+            "version",
+            "previous_version",
+            "runtime",
+            "replicas",
+            "memory_mb",
+            "cpus",
+            "state",
+            "desired_state",
+            "state_changed_at",
+            "failure_reason",
+            "replica_set",
+            "predict_url",
+            "created_at",
+        ]
+
+    def get_predict_url(self, obj) -> str:
+        return f"/api/v1/deployments/{obj.name}/predict"
+
+
+class BuildOutSerializer(serializers.ModelSerializer):
+    version = serializers.IntegerField(source="version.number")
+
+    class Meta:
+        model = Build
+        fields = [
+            "id",
+            "version",
+            "status",
+            "image_ref",
+            "image_digest",
+            "image_size",
+            "cached",
+            "duration_s",
+            "error",
+            "log",
+            "created_at",
+            "finished_at",
+        ]
+
+
+class EventOutSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = DeploymentEvent
+        fields = ["created_at", "state", "message"]
+
+
+class DeploymentCreateSerializer(serializers.Serializer):
+    name = serializers.RegexField(r"^[a-z0-9][a-z0-9-]{0,62}$")
+    model = serializers.CharField()
+    version = serializers.IntegerField(min_value=1)
+    runtime = serializers.ChoiceField(choices=["", "docker", "process"], required=False, default="")
+    replicas = serializers.IntegerField(min_value=1, max_value=8, default=1)
+    memory_mb = serializers.IntegerField(min_value=64, max_value=16384, default=512)
+    cpus = serializers.FloatField(min_value=0.1, max_value=8, default=1.0)
+
+
+class ActionSerializer(serializers.Serializer):
+    action = serializers.ChoiceField(
+        choices=["stop", "start", "restart", "scale", "update", "rollback"]
+    )
+    replicas = serializers.IntegerField(min_value=1, max_value=8, required=False)
+    version = serializers.IntegerField(min_value=1, required=False)

@@ -1,0 +1,128 @@
+"""Deployments REST API: list/retrieve/create/delete and one actions endpoint."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from deployments_app import selectors, services
+from deployments_app.api.serializers import (
+    ActionSerializer,
+    BuildOutSerializer,
+    DeploymentCreateSerializer,
+    DeploymentOutSerializer,
+    EventOutSerializer,
+)
+from models_app import selectors as model_selectors
+from portal.audit import Actor
+from portal.errors import ApplicationError
+from portal.permissions import HasCapability
+
+
+class DeploymentListApi(APIView):
+    permission_classes = [HasCapability("view", write="deploy")]
+
+    @extend_schema(responses=DeploymentOutSerializer(many=True))
+    def get(self, request):
+        return Response(DeploymentOutSerializer(selectors.deployment_list(), many=True).data)
+
+    @extend_schema(request=DeploymentCreateSerializer, responses={202: DeploymentOutSerializer})
+    def post(self, request):
+        serializer = DeploymentCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        version = model_selectors.version_get(model_name=data["model"], number=data["version"])
+        deployment = services.deployment_launch(
+            version=version,
+            name=data["name"],
+            actor=Actor.from_request(request),
+            user=request.user,
+            runtime=data["runtime"],
+            replicas=data["replicas"],
+            memory_mb=data["memory_mb"],
+            cpus=data["cpus"],
+        )
+        return Response(DeploymentOutSerializer(deployment).data, status=status.HTTP_202_ACCEPTED)
+
+
+class DeploymentDetailApi(APIView):
+    permission_classes = [HasCapability("view", write="deploy")]
+
+    @extend_schema(responses=DeploymentOutSerializer)
+    def get(self, request, name: str):
+        return Response(DeploymentOutSerializer(selectors.deployment_get(name=name)).data)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request, name: str):
+        services.deployment_delete(
+            deployment=selectors.deployment_get(name=name), actor=Actor.from_request(request)
+        )
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class DeploymentActionApi(APIView):
+    """POST {"action": "stop"|"start"|"restart"|"scale"|"update"|"rollback", ...}."""
+
+    permission_classes = [HasCapability("deploy")]
+
+    @extend_schema(request=ActionSerializer, responses={202: DeploymentOutSerializer})
+    def post(self, request, name: str):
+        serializer = ActionSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        deployment = run_action(
+            deployment=selectors.deployment_get(name=name),
+            actor=Actor.from_request(request),
+            **serializer.validated_data,
+        )
+        return Response(DeploymentOutSerializer(deployment).data, status=status.HTTP_202_ACCEPTED)
+
+
+def run_action(
+    *,
+    deployment,
+    actor: Actor,
+    action: str,
+    replicas: int | None = None,
+    version: int | None = None,
+):
+    """Shared by the API and the page: map an action name to its service."""
+    if action == "stop":
+        return services.deployment_stop(deployment=deployment, actor=actor)
+    if action == "start":
+        return services.deployment_start(deployment=deployment, actor=actor)
+    if action == "restart":
+        return services.deployment_restart(deployment=deployment, actor=actor)
+    if action == "scale":
+        if replicas is None:
+            raise ApplicationError("scale needs 'replicas'")
+        return services.deployment_scale(deployment=deployment, replicas=replicas, actor=actor)
+    if action == "update":
+        if version is None:
+            raise ApplicationError("update needs 'version'")
+        target = model_selectors.version_get(model_name=deployment.model.name, number=version)
+        return services.deployment_update(deployment=deployment, version=target, actor=actor)
+    if action == "rollback":
+        return services.deployment_rollback(deployment=deployment, actor=actor)
+    raise ApplicationError(f"unknown action '{action}'")
+
+
+class DeploymentBuildsApi(APIView):
+    permission_classes = [HasCapability("view")]
+
+    @extend_schema(responses=BuildOutSerializer(many=True))
+    def get(self, request, name: str):
+        deployment = selectors.deployment_get(name=name)
+        return Response(
+            BuildOutSerializer(deployment.builds.select_related("version")[:20], many=True).data
+        )
+
+
+class DeploymentEventsApi(APIView):
+    permission_classes = [HasCapability("view")]
+
+    @extend_schema(responses=EventOutSerializer(many=True))
+    def get(self, request, name: str):
+        deployment = selectors.deployment_get(name=name)
+        return Response(EventOutSerializer(deployment.events.all()[:200], many=True).data)

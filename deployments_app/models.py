@@ -1,0 +1,132 @@
+"""Deployments: desired state, observed state, builds, replicas and their history."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+from models_app.models import NAME_VALIDATOR, ModelVersion, RegisteredModel
+
+
+class Deployment(models.Model):
+    """A named, running (or stopped) service for one version of a model.
+
+    `state` is what the portal observed last; `desired_state` is what the user asked for.
+    The reconciler moves the first towards the second.
+    """
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Pending"
+        BUILDING = "building", "Building"
+        STARTING = "starting", "Starting"
+        RUNNING = "running", "Running"
+        DEGRADED = "degraded", "Degraded"
+        FAILED = "failed", "Failed"
+        STOPPING = "stopping", "Stopping"
+        STOPPED = "stopped", "Stopped"
+
+    class Desired(models.TextChoices):
+        RUNNING = "running", "Running"
+        STOPPED = "stopped", "Stopped"
+
+    ACTIVE_STATES = (State.PENDING, State.BUILDING, State.STARTING)
+
+    name = models.CharField(max_length=63, unique=True, validators=[NAME_VALIDATOR])
+    model = models.ForeignKey(RegisteredModel, on_delete=models.PROTECT, related_name="deployments")
+    version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="deployments")
+    previous_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    runtime = models.CharField(max_length=20)
+    replicas = models.PositiveSmallIntegerField(default=1)
+    memory_mb = models.PositiveIntegerField(default=512)
+    cpus = models.FloatField(default=1.0)
+    pids_limit = models.PositiveIntegerField(default=128)
+    state = models.CharField(
+        max_length=10, choices=State.choices, default=State.PENDING, db_index=True
+    )
+    desired_state = models.CharField(
+        max_length=10, choices=Desired.choices, default=Desired.RUNNING
+    )
+    state_changed_at = models.DateTimeField(auto_now_add=True)
+    # Set by the task doing the work; the reconciler re-queues work whose heartbeat went quiet.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    work_attempts = models.PositiveSmallIntegerField(default=0)
+    failure_reason = models.TextField(blank=True)
+    capture_percent = models.PositiveSmallIntegerField(
+        default=0, help_text="Share of prediction payloads stored with the log (0 = none)."
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Build(models.Model):
+    """An image (or process bundle) for one version; kept so rollbacks need no rebuild."""
+
+    class Status(models.TextChoices):
+        BUILDING = "building", "Building"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="builds")
+    version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="+")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.BUILDING)
+    image_ref = models.CharField(max_length=255, blank=True)
+    image_digest = models.CharField(max_length=100, blank=True)
+    image_size = models.BigIntegerField(null=True, blank=True)
+    cached = models.BooleanField(default=False)
+    log = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    duration_s = models.FloatField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"{self.deployment.name} build {self.pk} (v{self.version.number})"
+
+
+class Replica(models.Model):
+    """The observed replicas: the proxy reads healthy endpoints from here."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="replica_set")
+    name = models.CharField(max_length=120, unique=True)
+    index = models.PositiveSmallIntegerField()
+    version_number = models.PositiveIntegerField()
+    endpoint = models.CharField(max_length=200, blank=True)
+    healthy = models.BooleanField(default=False)
+    state = models.CharField(max_length=20, default="starting")
+    detail = models.TextField(blank=True)
+    restarts = models.PositiveIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["deployment__name", "index"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class DeploymentEvent(models.Model):
+    """The history shown on a deployment's page: state changes and what caused them."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="events")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    state = models.CharField(max_length=10, blank=True)
+    message = models.TextField()
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"{self.deployment.name}: {self.message[:60]}"

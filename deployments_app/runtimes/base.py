@@ -1,0 +1,312 @@
+"""What every runtime backend takes and returns, and the `Runtime` protocol they share.
+
+Plain dataclasses, no Django: services translate their rows into a `BuildSpec`, call a
+backend, and store what comes back. Names are deterministic (image tag from the pins and
+the artifact hash, replica `portal-<deployment>-<index>`) so a retried task finds the work
+a previous attempt already did.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol, runtime_checkable
+
+LogFn = Callable[[str], None]
+ReplicaState = Literal["running", "starting", "unhealthy", "exited", "missing"]
+
+# What the model server itself needs beside the model's pins: uvicorn with the two
+# compiled speedups it is configured to use (the useful half of `uvicorn[standard]`;
+# the reload/websocket/yaml extras would only grow every image).
+SERVER_REQUIREMENTS: dict[str, str] = {
+    "uvicorn": "0.54.0",
+    "uvloop": "0.23.0",
+    "httptools": "0.9.0",
+}
+# Files of the model server copied into a build (never __pycache__ or editor debris, so
+# the copied layer depends on the code alone).
+SERVER_FILES = ("server.py", "__main__.py", "__init__.py")
+SERVER_PORT = 8080
+RUNTIME_UID = 10001
+
+
+class RuntimeBackendError(Exception):
+    """Base of the errors a runtime backend raises."""
+
+
+class BuildError(RuntimeBackendError):
+    """A build failed; `log_tail` holds the last lines of its output."""
+
+    def __init__(self, message: str, log_tail: str = ""):
+        super().__init__(message)
+        self.message = message
+        self.log_tail = log_tail
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ReplicaError(RuntimeBackendError):
+    """A replica could not be started."""
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """Everything needed to build a servable unit for one model version."""
+
+    deployment: str
+    model: str
+    version: int
+    artifact_path: Path
+    artifact_sha256: str
+    fmt: str  # joblib | pickle | skops
+    requirements: dict[str, str]  # exact pins: name -> version
+    base_image: str
+    wheelhouse: Path
+    server_dir: Path
+    columns: list[str] | None = None
+    skops_trusted: list[str] | None = None
+    extra_labels: dict[str, str] = field(default_factory=dict)
+
+    def all_requirements(self) -> dict[str, str]:
+        """The model's pins plus the server's, sorted by canonical name."""
+        merged = {canonical_name(k): v for k, v in SERVER_REQUIREMENTS.items()}
+        merged.update({canonical_name(k): v for k, v in self.requirements.items()})
+        return dict(sorted(merged.items()))
+
+    def requirements_txt(self) -> str:
+        return "".join(f"{name}=={ver}\n" for name, ver in self.all_requirements().items())
+
+    def pins_hash(self) -> str:
+        """Identifies the dependency set (and base image): equal hashes share a layer/venv."""
+        payload = json.dumps({"base": self.base_image, "reqs": self.all_requirements()})
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    def build_hash(self) -> str:
+        """Identifies the whole build: pins, artifact, server code and its settings."""
+        payload = json.dumps(
+            {
+                "pins": self.pins_hash(),
+                "artifact": self.artifact_sha256,
+                "server": server_code_hash(self.server_dir),
+                "fmt": self.fmt,
+                "columns": self.columns,
+                "trusted": self.skops_trusted,
+                "model": self.model,
+                "version": self.version,
+            },
+            sort_keys=True,
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    def server_env(self) -> dict[str, str]:
+        """The model server's settings (see model_server/server.py)."""
+        env = {
+            "MODEL_FORMAT": self.fmt,
+            "MODEL_NAME": self.model,
+            "MODEL_VERSION": str(self.version),
+        }
+        if self.columns:
+            env["MODEL_COLUMNS"] = json.dumps(self.columns)
+        if self.skops_trusted:
+            env["SKOPS_TRUSTED"] = json.dumps(self.skops_trusted)
+        return env
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    ref: str  # image tag, or the build directory tag for the process runtime
+    digest: str  # image id, or the hash of the build
+    size_bytes: int
+    log: str
+    duration_s: float
+    cached: bool
+
+
+@dataclass(frozen=True)
+class ReplicaLimits:
+    memory_mb: int = 512
+    cpus: float = 1.0
+    pids: int = 128
+    tmpfs_mb: int = 64
+
+
+@dataclass(frozen=True)
+class ReplicaStatus:
+    name: str
+    index: int
+    deployment: str
+    version: int | None
+    state: ReplicaState
+    healthy: bool
+    endpoint: str | None  # "http://host:port"
+    detail: str = ""
+    ref: str = ""  # the image (or build) it runs
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    """Builds servable units and runs replicas of them."""
+
+    name: str
+
+    def build(self, spec: BuildSpec, *, log: LogFn) -> BuildResult: ...
+
+    def start_replica(
+        self,
+        *,
+        deployment: str,
+        index: int,
+        build: BuildResult,
+        spec: BuildSpec,
+        limits: ReplicaLimits,
+        publish_host: str,
+    ) -> ReplicaStatus: ...
+
+    def stop_replica(self, name: str) -> None: ...
+
+    def remove_replica(self, name: str) -> None: ...
+
+    def list_replicas(self, deployment: str | None = None) -> list[ReplicaStatus]: ...
+
+    def wait_healthy(self, status: ReplicaStatus, timeout: float) -> bool: ...
+
+    def remove_image(self, ref: str) -> None: ...
+
+    def ping(self) -> bool: ...
+
+
+# --------------------------------------------------------------------------------------
+# helpers shared by the backends
+# --------------------------------------------------------------------------------------
+
+
+def canonical_name(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def slug(value: str, max_len: int = 60) -> str:
+    """A lowercase name usable in image repositories, container names and file names."""
+    cleaned = re.sub(r"[^a-z0-9]+", "-", value.lower()).strip("-")
+    return cleaned[:max_len].strip("-") or "x"
+
+
+def replica_name(deployment: str, index: int) -> str:
+    return f"portal-{slug(deployment)}-{index}"
+
+
+def server_code_hash(server_dir: Path) -> str:
+    digest = hashlib.sha256()
+    for name in SERVER_FILES:
+        path = Path(server_dir) / name
+        if path.exists():
+            digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def copy_server(server_dir: Path, dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in SERVER_FILES:
+        src = Path(server_dir) / name
+        if src.exists():
+            shutil.copyfile(src, dest / name)
+
+
+def pip_python() -> str:
+    """The portal's own interpreter runs pip (download/copy wheels), never the model's."""
+    venv_python = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "python"
+    return str(venv_python) if venv_python.exists() else sys.executable
+
+
+def pip_env() -> dict[str, str]:
+    """The caller's environment without find-links of its own: the wheelhouse we pass is the
+    only source, so the same pins always resolve to the same wheels."""
+    env = {k: v for k, v in os.environ.items() if k != "PIP_FIND_LINKS"}
+    env.update({"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"})
+    return env
+
+
+def _pip(args: list[str], log: LogFn, *, timeout: float = 1800) -> None:
+    env = pip_env()
+    proc = subprocess.run(
+        [pip_python(), "-m", "pip", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
+    output = (proc.stdout + proc.stderr).strip()
+    for line in output.splitlines():
+        log(line)
+    if proc.returncode != 0:
+        tail = "\n".join(output.splitlines()[-20:])
+        raise BuildError(f"pip {args[0]} failed (exit {proc.returncode})", tail)
+
+
+def ensure_wheels(requirements_txt: Path, wheelhouse: Path, log: LogFn) -> None:
+    """Download (binary only) whatever the pins need into the shared wheelhouse.
+
+    A no-op, apart from an index look-up, when every wheel is already there.
+    """
+    wheelhouse = wheelhouse.resolve()
+    wheelhouse.mkdir(parents=True, exist_ok=True)
+    try:
+        # Offline first: the common case needs no network at all.
+        _pip(
+            [
+                "download",
+                "--only-binary=:all:",
+                "--no-index",
+                "--find-links",
+                str(wheelhouse),
+                "-d",
+                str(wheelhouse),
+                "-r",
+                str(requirements_txt),
+            ],
+            lambda _line: None,
+        )
+    except BuildError:
+        log(f"downloading wheels into {wheelhouse}")
+        _pip(
+            [
+                "download",
+                "--only-binary=:all:",
+                "--find-links",
+                str(wheelhouse),
+                "-d",
+                str(wheelhouse),
+                "-r",
+                str(requirements_txt),
+            ],
+            log,
+        )
+
+
+def collect_wheels(requirements_txt: Path, wheelhouse: Path, dest: Path, log: LogFn) -> None:
+    """Copy exactly the wheels this pin set resolves to from the wheelhouse into `dest`."""
+    wheelhouse = wheelhouse.resolve()
+    dest.mkdir(parents=True, exist_ok=True)
+    _pip(
+        [
+            "download",
+            "--only-binary=:all:",
+            "--no-index",
+            "--find-links",
+            str(wheelhouse),
+            "-d",
+            str(dest),
+            "-r",
+            str(requirements_txt),
+        ],
+        log,
+    )

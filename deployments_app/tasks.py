@@ -1,0 +1,43 @@
+"""Thin Celery tasks: each calls one service. Safe to run twice (CAS guards in services)."""
+
+from __future__ import annotations
+
+from celery import shared_task
+from django.core.cache import cache
+
+from deployments_app import services
+
+TASK_OPTIONS = {"acks_late": True, "reject_on_worker_lost": True, "ignore_result": True}
+
+
+@shared_task(**TASK_OPTIONS)
+def deploy(deployment_id: int, *, request_id: str = "", restart: bool = False) -> None:
+    services.deployment_deploy(deployment_id=deployment_id, request_id=request_id, restart=restart)
+
+
+@shared_task(**TASK_OPTIONS)
+def stop(deployment_id: int, *, request_id: str = "") -> None:
+    services.deployment_stop_replicas(deployment_id=deployment_id, request_id=request_id)
+
+
+@shared_task(**TASK_OPTIONS)
+def converge(deployment_id: int, *, request_id: str = "") -> None:
+    services.deployment_converge(deployment_id=deployment_id, request_id=request_id)
+
+
+@shared_task(**TASK_OPTIONS)
+def update(deployment_id: int, *, request_id: str = "", version_id: int) -> None:
+    services.deployment_switch_version(
+        deployment_id=deployment_id, version_id=version_id, request_id=request_id
+    )
+
+
+@shared_task(ignore_result=True)
+def reconcile() -> None:
+    # One reconciler at a time across workers; the lock expires if a worker dies holding it.
+    if not cache.add("portal:reconcile-lock", "1", timeout=300):
+        return
+    try:
+        services.reconcile()
+    finally:
+        cache.delete("portal:reconcile-lock")

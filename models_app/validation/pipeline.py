@@ -1,0 +1,234 @@
+"""The validation pipeline: detect, scan, pick the environment, load in the sandbox, test.
+
+Each step is recorded (title, pass/fail, a sentence for people, timings) in the report that
+the version page shows. Nothing here runs model code in this process: the scanner reads
+opcodes, and only the sandbox child process loads the file.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+from models_app.validation import envs, sandbox
+from models_app.validation.scan import scan_file
+
+
+@dataclass
+class ValidationOutcome:
+    ok: bool
+    reason: str = ""
+    format: str = ""
+    sklearn_version: str = ""
+    requirements: dict[str, str] = field(default_factory=dict)
+    estimator_class: str = ""
+    task: str = ""
+    schema: dict[str, Any] = field(default_factory=dict)
+    example: dict[str, Any] | None = None
+    example_output: dict[str, Any] | None = None
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+class _Report:
+    def __init__(self) -> None:
+        self.steps: list[dict[str, Any]] = []
+        self.data: dict[str, Any] = {"steps": self.steps}
+        self.started = time.perf_counter()
+
+    def step(
+        self, key: str, title: str, ok: bool, summary: str, started: float, **details: Any
+    ) -> None:
+        self.steps.append(
+            {
+                "key": key,
+                "title": title,
+                "ok": ok,
+                "summary": summary,
+                "ms": round((time.perf_counter() - started) * 1000, 1),
+                **details,
+            }
+        )
+
+    def finish(self) -> dict[str, Any]:
+        self.data["total_ms"] = round((time.perf_counter() - self.started) * 1000, 1)
+        return self.data
+
+
+def _reject(report: _Report, reason: str) -> ValidationOutcome:
+    return ValidationOutcome(ok=False, reason=reason, report=report.finish())
+
+
+def validate_artifact(
+    *,
+    path: Path,
+    declared_sklearn_version: str = "",
+    example_rows: list[Any] | None = None,
+    example_columns: list[str] | None = None,
+    log=None,
+) -> ValidationOutcome:
+    report = _Report()
+    log = log or (lambda _line: None)
+
+    # 1-2. Format and static scan: the gate. Nothing is loaded before it passes.
+    t = time.perf_counter()
+    try:
+        scan = scan_file(path)
+    except Exception as exc:  # noqa: BLE001 - a scanner error rejects, it never lets through
+        report.step("scan", "Static scan", False, f"the scanner failed: {exc}", t)
+        return _reject(report, f"the file could not be scanned: {exc}")
+    scan_data = scan.to_dict()
+    report.data["scan"] = scan_data
+    if not scan.ok:
+        if scan.offending:
+            names = "; ".join(f"{o.name} ({o.reason})" for o in scan.offending[:10])
+            reason = f"the file imports code that a model never needs: {names}"
+        else:
+            reason = "; ".join(scan.errors[:5]) or "the file is not a model this portal accepts"
+        report.step("scan", "Format and static scan", False, reason, t)
+        return _reject(report, reason)
+    fmt = scan.format
+    report.step(
+        "scan",
+        "Format and static scan",
+        True,
+        f"{fmt} file{f' ({scan.compression}-compressed)' if scan.compression else ''}; "
+        f"{len(scan.globals_found)} imported names, all on the allowlist",
+        t,
+    )
+
+    # 3. Which scikit-learn wrote it.
+    t = time.perf_counter()
+    sklearn_version = scan.sklearn_version or declared_sklearn_version
+    if not sklearn_version:
+        reason = (
+            "the file does not record which scikit-learn version wrote it; "
+            "state it in the upload form (sklearn_version)"
+        )
+        report.step("versions", "scikit-learn version", False, reason, t)
+        return _reject(report, reason)
+    if (
+        scan.sklearn_version
+        and declared_sklearn_version
+        and (scan.sklearn_version != declared_sklearn_version)
+    ):
+        report.data.setdefault("notes", []).append(
+            f"the uploader said scikit-learn {declared_sklearn_version}, the file says "
+            f"{scan.sklearn_version}: the file wins"
+        )
+    try:
+        requirements = envs.resolve_requirements(sklearn_version, scan.numpy_major, fmt)
+    except (envs.UnsupportedVersionError, ValueError) as exc:
+        report.step("versions", "scikit-learn version", False, str(exc), t)
+        return _reject(report, str(exc))
+    source = "recorded in the file" if scan.sklearn_version else "stated by the uploader"
+    report.step(
+        "versions",
+        "scikit-learn version",
+        True,
+        f"written by scikit-learn {sklearn_version} ({source}); it will be loaded and "
+        f"served with exactly that version",
+        t,
+        requirements=requirements,
+    )
+
+    # 4. The environment for that version (cached after the first model of a version).
+    t = time.perf_counter()
+    try:
+        env = envs.ensure_env(
+            requirements,
+            root=settings.PORTAL_ENV_CACHE,
+            wheelhouse=settings.PORTAL_WHEELHOUSE,
+            log=log,
+        )
+    except Exception as exc:  # noqa: BLE001 - shown to the uploader
+        report.step("environment", "Environment", False, f"could not build it: {exc}", t)
+        return _reject(report, f"could not prepare scikit-learn {sklearn_version}: {exc}")
+    report.step(
+        "environment",
+        "Environment",
+        True,
+        f"{'built' if env.built else 'reused'} a virtual environment with "
+        f"scikit-learn {env.frozen.get('scikit-learn', sklearn_version)}",
+        t,
+        frozen=env.frozen,
+    )
+
+    # 5-6. Load, introspect and smoke-test in the sandbox.
+    t = time.perf_counter()
+    trusted = None
+    if fmt == "skops":
+        # The scanner checked each of these against the allowlist; skops wants them named.
+        trusted = list(scan.skops_untrusted_types)
+    result = sandbox.run_inspection(
+        path,
+        fmt=fmt,
+        env=env,
+        example=example_rows,
+        columns=example_columns,
+        trusted=trusted,
+        timeout=settings.PORTAL_SANDBOX_TIMEOUT,
+        memory_mb=settings.PORTAL_SANDBOX_MEMORY_MB,
+    )
+    report.data["sandbox"] = result.get("sandbox")
+    report.data["inspection"] = {k: v for k, v in result.items() if k != "sandbox"}
+    if not result.get("ok"):
+        reason = f"loading the model in the sandbox failed: {result.get('error')}"
+        report.step("load", "Sandboxed load", False, reason, t)
+        return _reject(report, reason)
+    estimator = result.get("estimator") or {}
+    schema = dict(result.get("schema") or {})
+    smoke = result.get("smoke") or {}
+    warnings = result.get("warnings") or []
+    report.step(
+        "load",
+        "Sandboxed load",
+        True,
+        f"loaded a {estimator.get('class', '?')} ({estimator.get('task', 'unknown')}) "
+        f"in an isolated process" + (f"; {len(warnings)} warning(s)" if warnings else ""),
+        t,
+        warnings=warnings,
+    )
+    t = time.perf_counter()
+    predictions = smoke.get("predictions")
+    problem = _check_predictions(predictions, len(smoke.get("input") or []))
+    if problem:
+        report.step("smoke", "Test prediction", False, problem, t)
+        return _reject(report, f"the test prediction failed: {problem}")
+    report.step(
+        "smoke",
+        "Test prediction",
+        True,
+        f"predicted {len(predictions)} row(s) of the "
+        f"{'given' if example_rows else 'synthetic'} example",
+        t,
+    )
+    schema.setdefault("classes", estimator.get("classes"))
+    schema.setdefault("has_predict_proba", estimator.get("has_predict_proba", False))
+    return ValidationOutcome(
+        ok=True,
+        format=fmt,
+        sklearn_version=sklearn_version,
+        requirements=env.frozen,
+        estimator_class=str(estimator.get("class", ""))[:255],
+        task=str(estimator.get("task", ""))[:30],
+        schema=schema,
+        example={"rows": smoke.get("input"), "columns": schema.get("columns")},
+        example_output={"predictions": predictions, "probabilities": smoke.get("probabilities")},
+        report=report.finish(),
+    )
+
+
+def _check_predictions(predictions: Any, rows: int) -> str:
+    if not isinstance(predictions, list):
+        return "the model returned no predictions"
+    if len(predictions) != rows:
+        return f"{len(predictions)} predictions for {rows} input rows"
+    for value in predictions:
+        if isinstance(value, float) and not math.isfinite(value):
+            return "the model returned a non-finite number (NaN or infinity)"
+    return ""

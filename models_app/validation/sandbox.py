@@ -1,0 +1,476 @@
+"""Load an uploaded model in a contained child process and return its report.
+
+:func:`run_inspection` runs ``inspect_model.py`` with the Python of the
+environment built by :mod:`models_app.validation.envs` (the scikit-learn version
+that wrote the model) and reads back one JSON report.  The child gets:
+
+* an empty environment (minimal PATH, HOME in a fresh temp dir, one BLAS
+  thread, no bytecode writes; OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE passed through
+  when the parent has them), closed stdin, ``python -I`` (no PYTHON* variables,
+  no user site);
+* resource limits: RLIMIT_AS (memory), RLIMIT_CPU, RLIMIT_FSIZE (files it
+  writes, its stdout/stderr included), RLIMIT_NPROC, RLIMIT_NOFILE, no core files;
+* a new session; the whole process group is SIGKILLed on timeout;
+* the best isolation the host allows, detected once per process
+  (:func:`isolation`):
+
+  ``namespaces`` (we are root, util-linux unshare/setpriv/chroot present): new
+      network namespace (no interface but a down loopback: no network at all),
+      new PID namespace (when its first process dies every process in it dies,
+      so nothing survives the timeout kill, not even a setsid() grandchild), new
+      mount namespace with a minimal read-only root: /usr, /etc, the base Python
+      and the model environment read-only, the model and options read-only in
+      /sandbox/in, a writable /sandbox/work and /tmp (small tmpfs: the model cannot
+      fill the host's disk, whatever the number of files); nothing else of the
+      host (no /work, /root, /home, /var, other temp files).  The model then runs
+      under an unprivileged uid chosen at random per run (so RLIMIT_NPROC counts
+      only this run and concurrent runs cannot touch each other), with no
+      capabilities and no_new_privs.
+  ``userns`` (not root, unprivileged user namespaces allowed): network and PID
+      namespaces only.
+  ``none``: limits and a new session only; the report says the network was not cut.
+
+Docker (``docker run --network none --read-only --cap-drop ALL ...``) was
+considered and left out: the environments are host venvs whose ``bin/python``
+points to the host's base interpreter (here under /root/.pyenv), which a base
+image does not have at the same path, so a venv cannot just be mounted into a
+container; Docker images are built from the wheelhouse for serving instead.  The
+namespace sandbox above gives the same network/pid/filesystem containment for
+the validation step without a daemon round trip.
+
+What no sandbox can give: the report is produced by the same process that ran
+the model's code, so a hostile model that gets to run code can forge it.  The
+static scanner is what keeps code from running at all; this sandbox makes sure
+that when something slips through it cannot reach the network, the portal's
+files or secrets, or exhaust the worker.
+
+No Django here: plain paths and arguments, usable from a Celery task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .envs import EnvInfo
+
+__all__ = ["SandboxError", "isolation", "run_inspection"]
+
+INSPECT_SCRIPT = Path(__file__).with_name("inspect_model.py")
+
+MAX_REPORT_BYTES = 4 * 1024 * 1024
+MAX_STDERR_BYTES = 64 * 1024
+SANDBOX_UID_RANGE = (200_000, 299_999)
+PASS_THROUGH_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+PR_SET_NO_NEW_PRIVS = 38
+
+
+class SandboxError(RuntimeError):
+    """The sandbox itself could not be set up (not: the model failed)."""
+
+
+# --------------------------------------------------------------------------- isolation
+
+# The launcher run inside fresh mount+pid+net namespaces, as root: build a minimal
+# read-only root, then run the command in it as an unprivileged uid.  The command
+# is not exec'ed: this shell stays PID 1 of the namespace, so the model's Python is
+# an ordinary process (CPU-limit signals work) and when the shell goes, all go.
+# /tmp, /proc and /dev come first so that an environment kept under /tmp is bound
+# on top of the sandbox's own /tmp rather than hidden by it.
+_ROOTFS_SCRIPT = r"""
+set -eu
+umask 022
+chroot=$1; new=$2; indir=$3; work=$4; uid=$5; n=$6; shift 6
+mount -t tmpfs -o mode=0755,size=8m,nosuid,nodev sandbox-root "$new"
+mkdir -p "$new/sandbox/in" "$new/sandbox/work" "$new/tmp" "$new/proc" "$new/dev"
+mount -t tmpfs -o mode=1777,size=16m,nosuid,nodev sandbox-tmp "$new/tmp"
+mount -t proc -o nosuid,nodev,noexec proc "$new/proc"
+for f in null zero random urandom; do
+  touch "$new/dev/$f"
+  mount --bind "/dev/$f" "$new/dev/$f"
+done
+for d in /usr /etc /bin /sbin /lib /lib32 /lib64 /libx32; do
+  if [ -L "$d" ]; then
+    ln -s "$(readlink "$d")" "$new$d"
+  elif [ -d "$d" ]; then
+    mkdir -p "$new$d"
+    mount --rbind "$d" "$new$d"
+    mount -o remount,bind,ro,nosuid,nodev "$new$d"
+  fi
+done
+i=0
+while [ "$i" -lt "$n" ]; do
+  p=$1; shift; i=$((i + 1))
+  mkdir -p "$new$p"
+  mount --bind "$p" "$new$p"
+  mount -o remount,bind,ro,nosuid,nodev "$new$p"
+done
+mount --bind "$indir" "$new/sandbox/in"
+mount -o remount,bind,ro,nosuid,nodev "$new/sandbox/in"
+mount -t tmpfs -o "size=32m,mode=0700,uid=$uid,gid=$uid,nosuid,nodev" sandbox-work \
+  "$new/sandbox/work"
+mount -o remount,ro,nosuid,nodev "$new"
+"$chroot" "$new" /usr/bin/env -C /sandbox/work /usr/bin/setpriv \
+  --reuid="$uid" --regid="$uid" --clear-groups --no-new-privs \
+  --inh-caps=-all --bounding-set=-all -- "$@"
+"""
+
+_UNSHARE_ROOT = ["unshare", "--mount", "--net", "--pid", "--fork", "--kill-child"]
+_UNSHARE_USER = [
+    "unshare", "--user", "--map-root-user", "--net", "--pid", "--fork", "--kill-child",
+    "--mount-proc",
+]  # fmt: skip
+_NO_EXEC_SH = ["/bin/sh", "-c", '"$@"; exit $?', "sh"]
+
+_isolation_cache: dict[str, Any] | None = None
+
+
+def _probe(cmd: list[str]) -> tuple[bool, str]:
+    try:
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=20,
+            stdin=subprocess.DEVNULL,
+            env={"PATH": "/usr/bin:/bin"},
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return False, str(exc)
+    return proc.returncode == 0, (proc.stderr or proc.stdout).strip()[-300:]
+
+
+def isolation(refresh: bool = False) -> dict[str, Any]:
+    """Detect, once, which isolation this host allows: namespaces, userns or none."""
+    global _isolation_cache
+    if _isolation_cache is not None and not refresh:
+        return _isolation_cache
+    notes: list[str] = []
+    mode = "none"
+    have = {t: shutil.which(t) for t in ("unshare", "setpriv", "chroot")}
+    if os.geteuid() == 0 and all(have.values()):
+        with tempfile.TemporaryDirectory(prefix="sandbox-probe-") as tmp:
+            new, indir, work = (Path(tmp) / d for d in ("root", "in", "work"))
+            for d in (new, indir, work):
+                d.mkdir()
+            ok, msg = _probe(
+                [*_UNSHARE_ROOT, "/bin/sh", "-c", _ROOTFS_SCRIPT, "sh", str(have["chroot"]),
+                 str(new), str(indir), str(work), "65534", "0", "/usr/bin/true"]
+            )  # fmt: skip
+        if ok:
+            mode = "namespaces"
+        else:
+            notes.append(f"mount/pid/net namespaces unavailable as root: {msg}")
+    if mode == "none" and have["unshare"]:
+        ok, msg = _probe([*_UNSHARE_USER, "/bin/true"])
+        if ok:
+            mode = "userns"
+        else:
+            notes.append(f"unprivileged user namespaces unavailable: {msg}")
+    if mode == "none":
+        if not have["unshare"]:
+            notes.append("util-linux unshare not found")
+        notes.append("network NOT cut off; only resource limits and a new session apply")
+    _isolation_cache = {
+        "mode": mode,
+        "network_cut": mode != "none",
+        "pid_namespace": mode != "none",
+        "private_filesystem": mode == "namespaces",
+        "unprivileged_uid": mode == "namespaces",
+        "notes": notes,
+        "chroot": have["chroot"],
+    }
+    return _isolation_cache
+
+
+# --------------------------------------------------------------------------- limits
+
+
+def _uid_task_count(uid: int) -> int:
+    """Processes + threads of ``uid`` (what RLIMIT_NPROC counts)."""
+    count = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            if entry.stat().st_uid == uid:
+                count += len(os.listdir(f"/proc/{entry.name}/task"))
+        except OSError:
+            continue
+    return count
+
+
+def _make_preexec(limits: dict[int, tuple[int, int]]):
+    libc_name = ctypes.util.find_library("c")
+    prctl = ctypes.CDLL(libc_name, use_errno=True).prctl if libc_name else None
+
+    def preexec() -> None:  # runs in the child between fork and exec
+        os.umask(0o077)
+        for res, (soft, hard) in limits.items():
+            resource.setrlimit(res, (soft, hard))
+        if prctl is not None:
+            prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+
+    return preexec
+
+
+def _base_prefix(env_python: Path) -> Path:
+    """Installation prefix of the interpreter a venv was made from."""
+    cfg = env_python.parent.parent / "pyvenv.cfg"
+    if cfg.exists():
+        for line in cfg.read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "home":
+                return Path(value.strip()).resolve().parent
+    return Path(os.path.realpath(env_python)).parent.parent
+
+
+# --------------------------------------------------------------------------- run
+
+
+def _read_bounded(path: Path, limit: int, tail: bool = False) -> tuple[bytes, bool]:
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        if size > limit and tail:
+            fh.seek(size - limit)
+        data = fh.read(limit)
+    return data, size > limit
+
+
+def _explain_exit(returncode: int) -> str:
+    sig = -returncode if returncode < 0 else (returncode - 128 if returncode > 128 else 0)
+    if sig:
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        hints = {
+            "SIGKILL": " (killed: memory or CPU limit, or a hard kill)",
+            "SIGXCPU": " (CPU time limit exceeded)",
+            "SIGXFSZ": " (file size limit exceeded)",
+            "SIGSEGV": " (the interpreter crashed)",
+        }
+        return f"the inspection process died of {name}{hints.get(name, '')}"
+    return f"the inspection process exited with status {returncode} without a report"
+
+
+def _failure(error: str) -> dict[str, Any]:
+    return {
+        "ok": False,
+        "error": error,
+        "warnings": [],
+        "estimator": None,
+        "schema": {"n_features": None, "columns": None, "column_types": None},
+        "smoke": None,
+        "versions": {},
+        "timings_ms": {},
+    }
+
+
+def run_inspection(
+    model_path: str | os.PathLike[str],
+    *,
+    fmt: str,
+    env: EnvInfo,
+    example: list | None = None,
+    columns: list | None = None,
+    trusted: list[str] | None = None,
+    timeout: float = 60,
+    memory_mb: int = 1024,
+    file_size_mb: int = 10,
+    max_processes: int = 32,
+    max_open_files: int = 128,
+    max_rows: int = 100,
+    sandbox_uid: int | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Load ``model_path`` with ``env``'s Python in the sandbox; return the report.
+
+    The returned dict is the JSON report of ``inspect_model.py`` (``ok``, ``error``,
+    ``warnings``, ``estimator``, ``schema``, ``smoke``, ``versions``,
+    ``timings_ms``) plus a ``sandbox`` entry: isolation used, limits, exit status,
+    wall time, whether it timed out, and the (bounded) tail of standard error.
+    A model that fails, crashes, hangs or hits a limit yields ``ok: False`` with a
+    readable ``error``; :class:`SandboxError` is raised only when the sandbox
+    itself cannot be set up.
+    """
+    model_path = Path(model_path)
+    if fmt not in ("pickle", "joblib", "skops"):
+        raise ValueError(f"unknown model format {fmt!r}")
+    if not model_path.is_file():
+        raise SandboxError(f"model file not found: {model_path}")
+    env_python = Path(env.python)
+    if not env_python.exists():
+        raise SandboxError(f"environment python not found: {env_python}")
+
+    iso = isolation()
+    mode = iso["mode"]
+    uid = sandbox_uid if sandbox_uid is not None else random.randint(*SANDBOX_UID_RANGE)  # noqa: S311
+
+    cpu = max(1, int(timeout) + 5)
+    nproc = max_processes
+    if mode != "namespaces" and os.geteuid() != 0:
+        # RLIMIT_NPROC counts every process of our own uid: leave room for them.
+        nproc = _uid_task_count(os.getuid()) + max_processes
+    limits = {
+        resource.RLIMIT_AS: (memory_mb * 1024 * 1024,) * 2,
+        resource.RLIMIT_CPU: (cpu, cpu + 2),
+        resource.RLIMIT_FSIZE: (file_size_mb * 1024 * 1024,) * 2,
+        resource.RLIMIT_NPROC: (nproc, nproc),
+        resource.RLIMIT_NOFILE: (max_open_files, max_open_files),
+        resource.RLIMIT_CORE: (0, 0),
+    }
+
+    outer = Path(tempfile.mkdtemp(prefix="sandbox-"))
+    try:
+        indir, work, newroot = outer / "in", outer / "work", outer / "root"
+        for d in (indir, work, newroot):
+            d.mkdir()
+        os.chmod(indir, 0o755)  # noqa: S103 - read-only input the sandbox uid must read
+        target = indir / ("model" + "".join(model_path.suffixes[-1:]))
+        shutil.copyfile(model_path, target)
+        script = indir / "inspect_model.py"
+        shutil.copyfile(INSPECT_SCRIPT, script)
+        options = indir / "options.json"
+        options.write_text(
+            json.dumps(
+                {"example": example, "columns": columns, "trusted": trusted, "max_rows": max_rows}
+            )
+        )
+        for f in (target, script, options):
+            os.chmod(f, 0o444)
+
+        child_env = {
+            "PATH": "/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+            "OPENBLAS_NUM_THREADS": "1",
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+            "LOKY_MAX_CPU_COUNT": "1",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+        for name in PASS_THROUGH_ENV:
+            if name in os.environ:
+                child_env[name] = os.environ[name]
+        child_env.update(extra_env or {})
+
+        if mode == "namespaces":
+            os.chown(work, uid, uid)
+            os.chmod(work, 0o700)
+            child_env.update(HOME="/sandbox/work", TMPDIR="/tmp")  # noqa: S108 - its own tmpfs
+            binds = sorted({str(_base_prefix(env_python)), str(Path(env.path).resolve())})
+            inner = [str(env_python), "-I", "-B", "/sandbox/in/inspect_model.py",
+                     "/sandbox/in/" + target.name, fmt, "/sandbox/in/options.json"]  # fmt: skip
+            argv = [
+                *_UNSHARE_ROOT, "/bin/sh", "-c", _ROOTFS_SCRIPT, "sh", iso["chroot"],
+                str(newroot), str(indir), str(work), str(uid), str(len(binds)), *binds, *inner,
+            ]  # fmt: skip
+            cwd = str(work)
+        else:
+            child_env.update(HOME=str(work), TMPDIR=str(work))
+            inner = [str(env_python), "-I", "-B", str(script), str(target), fmt, str(options)]
+            argv = [*_UNSHARE_USER, *_NO_EXEC_SH, *inner] if mode == "userns" else inner
+            cwd = str(work)
+
+        stdout_path, stderr_path = outer / "stdout", outer / "stderr"
+        started = time.monotonic()
+        timed_out = False
+        with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
+            try:
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    cwd=cwd,
+                    env=child_env,
+                    close_fds=True,
+                    start_new_session=True,
+                    preexec_fn=_make_preexec(limits),  # noqa: PLW1509 - limits must be set in the child
+                )
+            except OSError as exc:
+                raise SandboxError(f"could not start the sandbox: {exc}") from exc
+            try:
+                returncode = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                returncode = proc.wait()
+            # Anything left in the group (a child that outlived its parent) goes too.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        elapsed_ms = round((time.monotonic() - started) * 1000, 1)
+
+        raw, too_big = _read_bounded(stdout_path, MAX_REPORT_BYTES)
+        stderr_raw, stderr_cut = _read_bounded(stderr_path, MAX_STDERR_BYTES, tail=True)
+        stderr_text = stderr_raw.decode("utf-8", "replace")
+
+        report: dict[str, Any] | None = None
+        if timed_out:
+            report = _failure(
+                f"timeout: the inspection took longer than {timeout:g}s; "
+                "its process group was killed"
+            )
+        elif too_big:
+            report = _failure(f"the report exceeded {MAX_REPORT_BYTES} bytes")
+        else:
+            text = raw.decode("utf-8", "replace").strip()
+            try:
+                parsed = json.loads(text) if text else None
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, dict) and "ok" in parsed:
+                report = parsed
+            elif returncode != 0:
+                report = _failure(_explain_exit(returncode))
+            else:
+                report = _failure("the inspection printed no valid report")
+            if not report.get("ok"):
+                report["error"] = _annotate(report.get("error") or "", memory_mb, file_size_mb)
+
+        report["sandbox"] = {
+            "isolation": iso,
+            "uid": uid if mode == "namespaces" else os.getuid(),
+            "limits": {
+                "memory_mb": memory_mb,
+                "cpu_seconds": cpu,
+                "file_size_mb": file_size_mb,
+                "processes": nproc,
+                "open_files": max_open_files,
+                "timeout_s": timeout,
+            },
+            "returncode": returncode,
+            "timed_out": timed_out,
+            "elapsed_ms": elapsed_ms,
+            "stderr": stderr_text,
+            "stderr_truncated": stderr_cut,
+            "env_key": env.key,
+        }
+        return report
+    finally:
+        shutil.rmtree(outer, ignore_errors=True)
+
+
+def _annotate(error: str, memory_mb: int, file_size_mb: int) -> str:
+    """Say which limit stopped the model when the raw error only hints at it."""
+    if "MemoryError" in error or "Unable to allocate" in error:
+        return f"{error} [memory limit of {memory_mb} MB exceeded]"
+    if "File too large" in error or f"[Errno {errno.EFBIG}]" in error:
+        return f"{error} [file size limit of {file_size_mb} MB exceeded]"
+    if "Resource temporarily unavailable" in error or f"[Errno {errno.EAGAIN}]" in error:
+        return f"{error} [process limit reached]"
+    return error
