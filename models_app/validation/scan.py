@@ -447,7 +447,30 @@ _DENIED_MODULES: tuple[tuple[str, str], ...] = (
     ),
 )
 
+# Non-scikit-learn classes that scikit-learn modules import under their own
+# name (found by listing every module of sklearn 1.3-1.9): the pickle can reach
+# them as e.g. ``sklearn.callback._transport.Client`` although they are
+# multiprocessing, pathlib, io, tempfile, joblib... objects.
+_SKLEARN_FOREIGN_NAMES = frozenset(
+    {
+        "Client", "Listener", "Connection", "Thread", "Timer", "Process", "Pool", "Queue",
+        "SimpleQueue", "JoinableQueue", "Manager", "Popen", "Path", "PosixPath",
+        "WindowsPath", "PurePath", "PurePosixPath", "PureWindowsPath", "StringIO", "BytesIO",
+        "FileIO", "TextIOWrapper", "NamedTemporaryFile", "TemporaryFile",
+        "TemporaryDirectory", "SpooledTemporaryFile", "MethodType", "FunctionType",
+        "CodeType", "ModuleType", "Memory", "Parallel", "ThreadpoolController", "Request",
+        "GzipFile", "BZ2File", "LZMAFile", "ZipFile", "TarFile", "Pickler", "Unpickler",
+        "Template", "ThreadPoolExecutor", "ProcessPoolExecutor", "Logger", "FileHandler",
+    }
+)  # fmt: skip
+# Module-level constants (TREE_LEAF, SIMPLE_METHODS, _SCORERS...): not classes,
+# and the mutable ones are shared process-wide state.
+_CONSTANT_NAME = re.compile(r"_*[A-Z][A-Z0-9]*(_[A-Z0-9]*)+\Z|_+[A-Z][A-Z0-9]*\Z")
+
 _SKLEARN_DENIED_MODULES: tuple[tuple[str, str], ...] = (
+    ("sklearn.callback._transport", "inter-process transport (multiprocessing connections)"),
+    ("sklearn.utils._repr_html", "HTML rendering helpers (files, templates)"),
+    ("sklearn.utils._estimator_html_repr", "HTML rendering helpers (files, templates)"),
     ("sklearn.datasets", "dataset loaders download from the network and write files"),
     ("sklearn.utils._testing", "test helpers (run scripts, create files)"),
     ("sklearn.utils.estimator_checks", "test helpers"),
@@ -491,6 +514,13 @@ def _check_sklearn(module: str, name: str) -> str | None:
             return f"scikit-learn module {prefix}: {reason}"
     if any(part == "tests" or part.startswith("test") for part in module.split(".")):
         return "scikit-learn test code"
+    if name in _SKLEARN_FOREIGN_NAMES:
+        return (
+            f"{name} is a non-scikit-learn class (file, process, network or I/O object) "
+            "that scikit-learn modules import; it is not part of any model"
+        )
+    if _CONSTANT_NAME.match(name):
+        return "scikit-learn module constant, not a class"
     if _CLASS_NAME.match(name) or _CYTHON_UNPICKLE.match(name):
         return None
     if module.startswith("sklearn.metrics") and _SKLEARN_METRIC.match(name):
@@ -575,8 +605,10 @@ class ScanReport:
     """Result of :func:`scan_file`; ``ok`` is True only with no offence and no error.
 
     * ``format`` -- ``pickle``, ``joblib`` or ``skops`` (None if unrecognised).
-      ``joblib`` means the file MUST be loaded with ``joblib.load``: it holds
-      inline array bytes that ``pickle.load`` would misread as opcodes.
+      ``joblib`` means the file MUST be loaded with ``joblib.load``: it is
+      compressed or holds inline array bytes that ``pickle.load`` would
+      misread as opcodes. ``pickle`` files hold no array wrapper, so
+      ``pickle.load`` and ``joblib.load`` read exactly the opcodes scanned.
     * ``compression`` -- joblib compressor (``zlib``, ``gzip``, ``bz2``,
       ``xz``, ``lzma``) or None.
     * ``globals_found`` -- every ``module.name`` the file would import, sorted.

@@ -174,6 +174,10 @@ def test_check_global_allowlist() -> None:
     assert check_global("joblib.numpy_pickle", "NumpyArrayWrapper") is None
     assert check_global("_codecs", "encode") is None
     assert check_global("collections", "defaultdict") is None
+    assert check_global("sklearn.svm._classes", "SVC") is None
+    assert check_global("sklearn.metrics._scorer", "_Scorer") is None
+    assert check_global("sklearn.tree._tree", "__pyx_unpickle_TreeBuilder") is None
+    assert check_global("sklearn.metrics._regression", "r2_score") is None
     for module, name in [
         ("os", "system"),
         ("posix", "system"),
@@ -207,6 +211,13 @@ def test_check_global_allowlist() -> None:
         ("joblib", "load"),
         ("sklearn.base", "os.system"),
         ("numpy.core", "_ufunc_reconstruct"),
+        # Foreign classes re-exported by scikit-learn modules, and constants.
+        ("sklearn.callback._transport", "Client"),
+        ("sklearn.datasets._base", "Path"),
+        ("sklearn.utils._available_if", "MethodType"),
+        ("sklearn.utils._joblib", "Memory"),
+        ("sklearn.tree._tree", "TREE_LEAF"),
+        ("sklearn.metrics._scorer", "_SCORERS"),
     ]:
         assert check_global(module, name), f"{module}.{name} must be refused"
 
