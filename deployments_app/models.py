@@ -130,3 +130,70 @@ class DeploymentEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.deployment.name}: {self.message[:60]}"
+
+
+class ApiKey(models.Model):
+    """A caller's key for the prediction API, scoped to deployments or a whole model.
+
+    Only a SHA-256 of the key is stored: keys are 32 random bytes, so a fast hash is as strong
+    as a slow one and keeps the check cheap on every call. `prefix` finds the row.
+    """
+
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, unique=True)
+    key_hash = models.CharField(max_length=64)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys"
+    )
+    deployments = models.ManyToManyField(Deployment, blank=True, related_name="api_keys")
+    model = models.ForeignKey(
+        RegisteredModel,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="api_keys",
+        help_text="Every deployment of this model (now and later).",
+    )
+    rate_limit_per_minute = models.PositiveIntegerField(default=6000)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+
+class PredictionLog(models.Model):
+    """One row per prediction call, answered or refused, written before the answer leaves."""
+
+    created_at = models.DateTimeField(db_index=True)
+    deployment = models.ForeignKey(
+        Deployment, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    deployment_name = models.CharField(max_length=63, db_index=True)
+    model_name = models.CharField(max_length=63, blank=True)
+    version_number = models.PositiveIntegerField(null=True)
+    caller = models.CharField(max_length=150, blank=True)
+    api_key_prefix = models.CharField(max_length=16, blank=True)
+    status_code = models.PositiveSmallIntegerField()
+    latency_ms = models.FloatField()
+    upstream_ms = models.FloatField(null=True)
+    rows = models.PositiveIntegerField(default=0)
+    input_bytes = models.PositiveIntegerField(default=0)
+    input_sha256 = models.CharField(max_length=64, blank=True)
+    client_ip = models.GenericIPAddressField(null=True)
+    request_id = models.CharField(max_length=64, blank=True)
+    replica = models.CharField(max_length=120, blank=True)
+    error = models.TextField(blank=True)
+    payload = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["deployment_name", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%H:%M:%S} {self.deployment_name} {self.status_code}"

@@ -303,7 +303,7 @@ def deployment_build(*, deployment: Deployment, version: ModelVersion) -> BuildR
     Build.objects.filter(pk=build.pk).update(
         status=Build.Status.SUCCEEDED,
         log="\n".join(lines[-2000:]),
-        image_ref=result.image_ref,
+        image_ref=result.ref,
         image_digest=result.digest or "",
         image_size=result.size_bytes,
         cached=result.cached,
@@ -454,7 +454,7 @@ def _latest_build(deployment: Deployment, version: ModelVersion) -> BuildResult 
     if build is None:
         return None
     return BuildResult(
-        image_ref=build.image_ref,
+        ref=build.image_ref,
         digest=build.image_digest,
         size_bytes=build.image_size or 0,
         log="",

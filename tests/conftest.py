@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -102,19 +107,63 @@ def _database_url(settings_dict: dict) -> str:
     )
 
 
+class WorkerHandle:
+    """A real `celery worker` process, started and stopped by tests."""
+
+    def __init__(self, queue: str, storage: Path, env: dict[str, str]) -> None:
+        self.queue, self.storage, self.env = queue, storage, env
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> WorkerHandle:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "portal",
+                "worker",
+                "--loglevel",
+                "INFO",
+                "--concurrency",
+                "2",
+                "--queues",
+                self.queue,
+                "--hostname",
+                f"{self.queue}-{uuid.uuid4().hex[:4]}@%h",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        return self
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Kill the worker and its pool children at once, as a crash would."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+
 @pytest.fixture(scope="session")
-def celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory):
-    """A real Celery worker process on the real broker, using the test database.
+def worker_factory(django_db_setup, django_db_blocker, tmp_path_factory):
+    """Start real Celery workers on the real broker, using the test database.
 
-    Tests that use it need `transactional_db` (the worker must see committed rows) and the
-    `worker_storage` fixture (the worker and the test share one artifact store). A private
-    queue keeps a developer's own worker, if any, away from the test's tasks.
+    Tests that use one need `transactional_db` (the worker must see committed rows) and
+    `worker_storage` (the worker and the test share one artifact store). A private queue
+    keeps a developer's own worker, if any, away from the test's tasks.
     """
-    import os
-    import subprocess
-    import sys
-    import uuid
-
     from django.conf import settings as dj_settings
     from django.db import connection
 
@@ -137,57 +186,39 @@ def celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory):
         env["PORTAL_DATA_DIR"] = str(dj_settings.PORTAL_DATA_DIR)  # share the broker folder
     old_queue = app.conf.task_default_queue
     app.conf.task_default_queue = queue
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "portal",
-            "worker",
-            "--loglevel",
-            "INFO",
-            "--concurrency",
-            "2",
-            "--queues",
-            queue,
-            "--hostname",
-            f"{queue}@%h",
-            "--without-mingle",
-            "--without-gossip",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-        cwd=Path(__file__).resolve().parent.parent,
-    )
-    proc.storage = storage  # type: ignore[attr-defined]
-    proc.queue = queue  # type: ignore[attr-defined]
+    started: list[WorkerHandle] = []
+
+    def make() -> WorkerHandle:
+        handle = WorkerHandle(queue, storage, env).start()
+        started.append(handle)
+        return handle
+
+    make.storage = storage  # type: ignore[attr-defined]
+    make.data_dir = Path(env["PORTAL_DATA_DIR"])  # type: ignore[attr-defined]
     try:
-        yield proc
+        yield make
     finally:
         app.conf.task_default_queue = old_queue
-        import signal
-
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        for handle in started:
+            handle.kill(signal.SIGTERM)
         if dj_settings.CELERY_BROKER_URL.startswith("redis://"):
             import redis
 
             redis.Redis.from_url(dj_settings.CELERY_BROKER_URL).delete(queue)
 
 
+@pytest.fixture(scope="session")
+def celery_worker_process(worker_factory):
+    """One long-lived worker shared by the tests that need one."""
+    return worker_factory()
+
+
 @pytest.fixture
 def worker_storage(settings, celery_worker_process):
     """Point this test's artifact store at the one the worker uses."""
     settings.PORTAL_ARTIFACT_DIR = celery_worker_process.storage / "artifacts"
+    # Runtime state (process replicas) must be shared with the worker as well.
+    settings.PORTAL_DATA_DIR = Path(celery_worker_process.env["PORTAL_DATA_DIR"])
     settings.PORTAL_ARTIFACT_DIR.mkdir(exist_ok=True)
     return settings.PORTAL_ARTIFACT_DIR
 
@@ -203,3 +234,24 @@ def wait_for(predicate, *, timeout: float, interval: float = 0.5, what: str = "c
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def upload_and_wait_ready(client, model_name: str, path: Path, example=None, timeout=600):
+    """Upload through the API and wait for the real worker to validate it; returns the JSON."""
+    from models_app.models import ModelVersion
+
+    with open(path, "rb") as fh:
+        data = {"file": fh}
+        if example is not None:
+            data["input_example"] = json.dumps(example)
+        response = client.post(f"/api/v1/models/{model_name}/versions", data, format="multipart")
+    assert response.status_code in (200, 201), response.content
+    number = response.json()["number"]
+
+    def done():
+        v = ModelVersion.objects.filter(model__name=model_name, number=number).first()
+        return v if v and v.status in ("ready", "rejected") else None
+
+    version = wait_for(done, timeout=timeout, what=f"{model_name} v{number} validation")
+    assert version.status == "ready", version.rejection_reason
+    return version
