@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 State = Deployment.State
 SERVER_DIR = Path(__file__).resolve().parent / "model_server"
 MAX_REPLICAS = 8
+DRAIN_SECONDS = 3.0  # > the proxy's replica-list cache (deployments_app.predict.proxy)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -276,6 +277,12 @@ def build_spec(deployment: Deployment, version: ModelVersion) -> BuildSpec:
 
 def deployment_build(*, deployment: Deployment, version: ModelVersion) -> BuildResult:
     """Build (or find) the image for a version, streaming the log into the Build row."""
+    # A build still marked running belongs to an attempt whose worker died (this one retries).
+    Build.objects.filter(deployment=deployment, status=Build.Status.BUILDING).update(
+        status=Build.Status.FAILED,
+        error="interrupted: its worker stopped",
+        finished_at=timezone.now(),
+    )
     build = Build.objects.create(deployment=deployment, version=version)
     lines: list[str] = []
     last_flush = time.monotonic()
@@ -592,6 +599,8 @@ def deployment_switch_version(*, deployment_id: int, version_id: int, request_id
             target=deployment,
             details={"from_version": old_version.number, "to_version": new_version.number},
         )
+    # Proxies cache replica lists for TARGET_TTL: let in-flight and cached routes drain first.
+    time.sleep(DRAIN_SECONDS)
     for status in runtime.list_replicas(deployment.name):
         if status.version == old_version.number:
             runtime.remove_replica(status.name)
@@ -604,6 +613,7 @@ def deployment_switch_version(*, deployment_id: int, version_id: int, request_id
 def reconcile(*, request_id: str = "") -> dict[str, int]:
     """Compare desired and observed state; repair the difference. Run by Celery beat."""
     from deployments_app import tasks
+    from models_app.services import model_version_requeue_stale
 
     summary = {"converged": 0, "requeued": 0, "failed": 0, "orphans_removed": 0}
     stale = timezone.now() - timezone.timedelta(seconds=settings.PORTAL_STALE_SECONDS)
@@ -645,6 +655,9 @@ def reconcile(*, request_id: str = "") -> dict[str, int]:
         if deployment.state_changed_at < stale:
             tasks.stop.delay(deployment.pk, request_id=request_id)
     summary["orphans_removed"] = _remove_orphans()
+    summary["validations_requeued"] = model_version_requeue_stale(
+        older_than_seconds=settings.PORTAL_STALE_SECONDS, request_id=request_id
+    )
     return summary
 
 

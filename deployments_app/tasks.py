@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from celery import shared_task
 from django.core.cache import cache
+from django.utils import timezone
 
 from deployments_app import services
+from portal.selectors import RECONCILE_LAST_KEY
 
 TASK_OPTIONS = {"acks_late": True, "reject_on_worker_lost": True, "ignore_result": True}
 
@@ -39,5 +41,7 @@ def reconcile() -> None:
         return
     try:
         services.reconcile()
+        # The dashboard shows when this last completed (a stale time means beat is down).
+        cache.set(RECONCILE_LAST_KEY, timezone.now().isoformat(), timeout=None)
     finally:
         cache.delete("portal:reconcile-lock")

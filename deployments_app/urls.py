@@ -1,8 +1,10 @@
 from django.urls import path
 
-from deployments_app import views
+from deployments_app import key_views, views
 
 urlpatterns = [
+    path("keys/", key_views.key_list, name="key-list"),
+    path("keys/<str:prefix>/revoke", key_views.key_revoke, name="key-revoke"),
     path("deployments/", views.deployment_list, name="deployment-list"),
     path("deployments/<str:name>/", views.deployment_detail, name="deployment-detail"),
     path("deployments/<str:name>/status", views.deployment_status, name="deployment-status"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
@@ -11,6 +13,7 @@ from deployments_app import selectors, services
 from deployments_app.api.views import run_action
 from deployments_app.forms import DeployForm, ScaleForm, UpdateForm
 from models_app import selectors as model_selectors
+from portal import selectors as portal_selectors
 from portal.audit import Actor
 from portal.errors import ApplicationError
 from portal.permissions import capability_required
@@ -26,10 +29,18 @@ def deployment_list(request: HttpRequest) -> HttpResponse:
     )
 
 
+def _try_it_body(deployment) -> str:
+    """The version's input example as a predict body, for the page's "try it" form."""
+    example = deployment.version.input_example or {}
+    rows = example.get("rows") if isinstance(example, dict) else None
+    return json.dumps({"instances": rows or [[]]}, indent=2)
+
+
 @require_GET
 @capability_required("view")
 def deployment_detail(request: HttpRequest, name: str) -> HttpResponse:
     deployment = selectors.deployment_get(name=name)
+    stats = portal_selectors.deployment_call_stats(deployment_name=deployment.name)
     return render(
         request,
         "deployments_app/deployment_detail.html",
@@ -42,6 +53,11 @@ def deployment_detail(request: HttpRequest, name: str) -> HttpResponse:
             .exclude(pk=deployment.version_id)
             .order_by("-number"),
             "scale_form": ScaleForm(initial={"replicas": deployment.replicas}),
+            "stats": stats.get(deployment.name, portal_selectors.CallStats()),
+            "calls": portal_selectors.recent_predictions(deployment_name=deployment.name),
+            "series": portal_selectors.prediction_series(deployment_name=deployment.name),
+            "ranges": list(portal_selectors.RANGES),
+            "try_it_body": _try_it_body(deployment),
         },
     )
 

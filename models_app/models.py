@@ -75,6 +75,8 @@ class ModelVersion(models.Model):
     report = models.JSONField(default=dict, blank=True)
     rejection_reason = models.TextField(blank=True)
     validation_attempts = models.PositiveSmallIntegerField(default=0)
+    # Bumped while a worker validates; the reconciler re-queues versions whose beat went quiet.
+    validation_heartbeat_at = models.DateTimeField(null=True, blank=True)
     validated_at = models.DateTimeField(null=True, blank=True)
     # Approval.
     approval = models.CharField(

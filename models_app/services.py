@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import logging
 import math
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
-from django.db.models import F, Max
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F, Max, Q
 from django.utils import timezone
 
 from models_app.models import NAME_VALIDATOR, ModelAlias, ModelVersion, RegisteredModel
@@ -21,6 +25,7 @@ from portal.audit import Actor, audit_record
 from portal.errors import ApplicationError, ConflictError, NotFoundError, PermissionDeniedError
 
 MAX_EXAMPLE_ROWS = 100
+log = logging.getLogger(__name__)
 
 
 def parse_input_example(text: str) -> tuple[list[Any] | None, list[str] | None]:
@@ -160,39 +165,83 @@ def _enqueue_validation(version_id: int, request_id: str) -> None:
 MAX_VALIDATION_ATTEMPTS = 3
 
 
+def _claimable() -> Q:
+    """Versions a worker may start validating: queued, or abandoned by a dead worker."""
+    quiet_since = timezone.now() - timedelta(seconds=settings.PORTAL_STALE_SECONDS)
+    abandoned = Q(validation_heartbeat_at__isnull=True) | Q(validation_heartbeat_at__lt=quiet_since)
+    return Q(status=ModelVersion.Status.UPLOADED) | (
+        Q(status=ModelVersion.Status.VALIDATING) & abandoned
+    )
+
+
+@contextlib.contextmanager
+def _validation_heartbeat(version_id: int) -> Iterator[None]:
+    """Bump the heartbeat while the pipeline runs, so the reconciler tells slow from dead.
+
+    A thread, because the slow steps (building an environment, the sandbox) block for
+    minutes without calling back.
+    """
+    stop = threading.Event()
+    interval = max(1.0, settings.PORTAL_STALE_SECONDS / 4)
+
+    def beat() -> None:
+        try:
+            while not stop.wait(interval):
+                try:
+                    ModelVersion.objects.filter(
+                        pk=version_id, status=ModelVersion.Status.VALIDATING
+                    ).update(validation_heartbeat_at=timezone.now())
+                except Exception:  # noqa: BLE001 - a missed beat only risks a needless retry
+                    log.warning("validation heartbeat of version %s failed", version_id)
+        finally:
+            connection.close()  # this thread's own connection
+
+    thread = threading.Thread(target=beat, name=f"validation-heartbeat-{version_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def model_version_validate(*, version_id: int, request_id: str = "") -> ModelVersion | None:
     """Run the validation pipeline on a version. Safe to call again after a crash.
 
-    Claims the version with a compare-and-set (uploaded/validating -> validating); a version
-    already ready or rejected is left alone.
+    Claims the version with a compare-and-set (uploaded, or validating with a quiet
+    heartbeat -> validating), so a duplicate message never validates a version twice at
+    once; a version already ready or rejected is left alone.
     """
     from models_app.validation.pipeline import validate_artifact
 
-    claimed = ModelVersion.objects.filter(
-        pk=version_id,
-        status__in=[ModelVersion.Status.UPLOADED, ModelVersion.Status.VALIDATING],
-        validation_attempts__lt=MAX_VALIDATION_ATTEMPTS,
-    ).update(
-        status=ModelVersion.Status.VALIDATING, validation_attempts=F("validation_attempts") + 1
+    claimed = (
+        ModelVersion.objects.filter(_claimable(), pk=version_id)
+        .filter(validation_attempts__lt=MAX_VALIDATION_ATTEMPTS)
+        .update(
+            status=ModelVersion.Status.VALIDATING,
+            validation_attempts=F("validation_attempts") + 1,
+            validation_heartbeat_at=timezone.now(),
+        )
     )
     if not claimed:
         version = ModelVersion.objects.filter(pk=version_id).first()
-        if version is not None and version.status == ModelVersion.Status.VALIDATING:
+        if ModelVersion.objects.filter(_claimable(), pk=version_id).exists():
             return model_version_reject(
                 version=version,
                 request_id=request_id,
                 reason=f"validation did not finish after {MAX_VALIDATION_ATTEMPTS} attempts",
                 report=version.report,
             )
-        return version
+        return version  # finished, gone, or being validated by a live worker
     version = ModelVersion.objects.select_related("model").get(pk=version_id)
     example = version.input_example or {}
-    outcome = validate_artifact(
-        path=artifact_path(version.artifact_sha256),
-        declared_sklearn_version=version.declared_sklearn_version,
-        example_rows=example.get("rows"),
-        example_columns=example.get("columns"),
-    )
+    with _validation_heartbeat(version.pk):
+        outcome = validate_artifact(
+            path=artifact_path(version.artifact_sha256),
+            declared_sklearn_version=version.declared_sklearn_version,
+            example_rows=example.get("rows"),
+            example_columns=example.get("columns"),
+        )
     if not outcome.ok:
         return model_version_reject(
             version=version, request_id=request_id, reason=outcome.reason, report=outcome.report
@@ -223,6 +272,41 @@ def model_version_validate(*, version_id: int, request_id: str = "") -> ModelVer
             },
         )
     return version
+
+
+def model_version_requeue_stale(*, older_than_seconds: float, request_id: str = "") -> int:
+    """Queue validation again for versions nobody is working on; returns how many.
+
+    A worker that dies mid-validation leaves its message unacknowledged until the broker's
+    visibility timeout (an hour with Redis), and a message lost before it reached the
+    broker never comes. Uploaded or validating versions whose heartbeat (or upload) is
+    older than `older_than_seconds` go back to `uploaded` and are queued again; the
+    attempt limit of `model_version_validate` still ends a version that keeps failing.
+    """
+    cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
+    quiet = Q(validation_heartbeat_at__lt=cutoff) | Q(
+        validation_heartbeat_at__isnull=True, created_at__lt=cutoff
+    )
+    statuses = [ModelVersion.Status.UPLOADED, ModelVersion.Status.VALIDATING]
+    requeued = 0
+    for version in ModelVersion.objects.filter(quiet, status__in=statuses).select_related("model"):
+        with transaction.atomic():
+            changed = ModelVersion.objects.filter(quiet, pk=version.pk, status__in=statuses).update(
+                status=ModelVersion.Status.UPLOADED, validation_heartbeat_at=timezone.now()
+            )
+            if not changed:
+                continue  # a worker claimed or finished it meanwhile
+            audit_record(
+                actor=Actor.system("reconciler", request_id),
+                action="model_version.validation_requeued",
+                target=version,
+                details={"was": version.status, "attempts": version.validation_attempts},
+            )
+            transaction.on_commit(
+                lambda pk=version.pk: _enqueue_validation(pk, request_id), robust=True
+            )
+        requeued += 1
+    return requeued
 
 
 def model_version_reject(

@@ -1,16 +1,345 @@
-"""Read-side queries of the core app."""
+"""Read-side queries of the core app: dashboard figures, worker health, audit review.
+
+Models of the other apps are looked up by label so the core does not import them
+(imports point `deployments_app -> models_app -> portal`).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import math
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
 
 from django.apps import apps
-from django.db.models import Count, QuerySet
+from django.conf import settings
+from django.core.cache import cache
+from django.db import connection
+from django.db.models import Count, Q, QuerySet
+from django.utils import timezone
 
+from portal.audit import ChainReport
 from portal.models import AuditEvent
 
+logger = logging.getLogger(__name__)
 
-def audit_event_list(*, filters: Mapping[str, str]) -> QuerySet[AuditEvent]:
+# range key -> (window seconds, bucket seconds): about 40-60 points per chart.
+RANGES: dict[str, tuple[int, int]] = {
+    "hour": (3600, 60),
+    "day": (86400, 1800),
+    "week": (7 * 86400, 4 * 3600),
+}
+DEFAULT_RANGE = "hour"
+PERCENTILES = (0.5, 0.95, 0.99)
+# A call counts as an error when the portal did not answer it with 2xx/3xx.
+ERROR_STATUS = 400
+
+# Written by deployments_app.tasks.reconcile after each run (cache, no expiry).
+RECONCILE_LAST_KEY = "portal:reconcile-last"
+WORKER_PING_KEY = "portal:worker-ping"
+# A broadcast ping waits its whole timeout for replies: cache the answer so a polling page
+# does not pay it on every request.
+WORKER_PING_TIMEOUT = 0.5
+WORKER_PING_CACHE_SECONDS = 15
+AUDIT_VERIFY_KEY = "portal:audit-verify"
+
+
+def _prediction_log():
+    return apps.get_model("deployments_app", "PredictionLog")
+
+
+def _deployment_model():
+    return apps.get_model("deployments_app", "Deployment")
+
+
+# ------------------------------------------------------------------------------- counts
+
+
+def portal_summary() -> dict[str, Any]:
+    """Counts for the home page."""
+    summary: dict[str, Any] = {}
+    Model = apps.get_model("models_app", "RegisteredModel")  # noqa: N806
+    Version = apps.get_model("models_app", "ModelVersion")  # noqa: N806
+    summary["models"] = Model.objects.count()
+    summary["versions_by_status"] = dict(
+        Version.objects.values_list("status").annotate(n=Count("id")).order_by("status")
+    )
+    summary["deployments_by_state"] = dict(
+        _deployment_model().objects.values_list("state").annotate(n=Count("id")).order_by("state")
+    )
+    summary["versions"] = sum(summary["versions_by_status"].values())
+    summary["deployments"] = sum(summary["deployments_by_state"].values())
+    return summary
+
+
+# ------------------------------------------------------------------- prediction figures
+
+
+def _percentile_columns(vendor: str) -> str:
+    if vendor == "postgresql":
+        array = ", ".join(str(p) for p in PERCENTILES)
+        return f"percentile_cont(ARRAY[{array}]::float8[]) WITHIN GROUP (ORDER BY latency_ms)"
+    # SQLite has no percentile function: nearest rank over a window (rn counts from 1).
+    return ", ".join(f"MIN(CASE WHEN rn >= {p} * n THEN latency_ms END)" for p in PERCENTILES)
+
+
+def _aggregate(
+    *, group_sql: str, group_params: list[Any], since: datetime, deployment_name: str | None
+) -> list[tuple[Any, int, int, list[float | None]]]:
+    """One grouped query: (group, requests, errors, [p50, p95, p99]) per group.
+
+    `group_sql` is an expression over the log table (a time bucket or the deployment name).
+    Percentiles are computed by the database: `percentile_cont` on PostgreSQL, a window
+    function on SQLite; never a Python loop over rows.
+    """
+    table = connection.ops.quote_name(_prediction_log()._meta.db_table)
+    where = "created_at >= %s"
+    params: list[Any] = [connection.ops.adapt_datetimefield_value(since)]
+    if deployment_name:
+        where += " AND deployment_name = %s"
+        params.append(deployment_name)
+    vendor = connection.vendor
+    # Only constants and a quoted table name are interpolated; values travel as parameters.
+    if vendor == "postgresql":
+        sql = (
+            f"SELECT {group_sql} AS g, COUNT(*), "  # noqa: S608
+            f"COUNT(*) FILTER (WHERE status_code >= {ERROR_STATUS}), "
+            f"{_percentile_columns(vendor)} "
+            f"FROM {table} WHERE {where} GROUP BY g ORDER BY g"
+        )
+    else:
+        sql = (
+            f"WITH b AS (SELECT {group_sql} AS g, latency_ms, status_code "  # noqa: S608
+            f"FROM {table} WHERE {where}), "
+            "r AS (SELECT g, latency_ms, status_code, "
+            "ROW_NUMBER() OVER (PARTITION BY g ORDER BY latency_ms) AS rn, "
+            "COUNT(*) OVER (PARTITION BY g) AS n FROM b) "
+            "SELECT g, COUNT(*), "
+            f"SUM(CASE WHEN status_code >= {ERROR_STATUS} THEN 1 ELSE 0 END), "
+            f"{_percentile_columns(vendor)} FROM r GROUP BY g ORDER BY g"
+        )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, group_params + params)
+        rows = cursor.fetchall()
+    out = []
+    for row in rows:
+        percentiles = list(row[3]) if vendor == "postgresql" else list(row[3:6])
+        out.append((row[0], int(row[1]), int(row[2] or 0), percentiles))
+    return out
+
+
+def _bucket_sql(step: int) -> str:
+    if connection.vendor == "postgresql":
+        return f"(floor(extract(epoch FROM created_at) / {int(step)}))::bigint"
+    return f"(CAST(strftime('%%s', created_at) AS INTEGER) / {int(step)})"
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 2)
+
+
+@dataclass
+class CallStats:
+    requests: int = 0
+    errors: int = 0
+    p50: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+    per_minute: float = 0.0
+    error_rate: float | None = None  # percent, None when there were no calls
+
+    @classmethod
+    def from_row(cls, requests: int, errors: int, percentiles, minutes: float) -> CallStats:
+        p50, p95, p99 = (_round(p) for p in percentiles)
+        return cls(
+            requests=requests,
+            errors=errors,
+            p50=p50,
+            p95=p95,
+            p99=p99,
+            per_minute=round(requests / minutes, 2),
+            error_rate=round(100.0 * errors / requests, 2) if requests else None,
+        )
+
+
+def deployment_call_stats(
+    *, window_seconds: int = 3600, deployment_name: str | None = None
+) -> dict[str, CallStats]:
+    """Requests per minute, latency percentiles and error rate per deployment name."""
+    since = timezone.now() - timedelta(seconds=window_seconds)
+    rows = _aggregate(
+        group_sql="deployment_name",
+        group_params=[],
+        since=since,
+        deployment_name=deployment_name,
+    )
+    minutes = window_seconds / 60
+    return {name: CallStats.from_row(n, e, p, minutes) for name, n, e, p in rows}
+
+
+def prediction_series(
+    *, range_key: str = DEFAULT_RANGE, deployment_name: str | None = None
+) -> dict[str, Any]:
+    """Requests, errors and latency percentiles per time bucket, gaps filled with zeros."""
+    window, step = RANGES.get(range_key, RANGES[DEFAULT_RANGE])
+    now = timezone.now()
+    first = math.floor((now.timestamp() - window) / step) + 1
+    last = math.floor(now.timestamp() / step)
+    since = datetime.fromtimestamp(first * step, tz=UTC)
+    rows = {
+        int(bucket): (n, e, p)
+        for bucket, n, e, p in _aggregate(
+            group_sql=_bucket_sql(step),
+            group_params=[],
+            since=since,
+            deployment_name=deployment_name,
+        )
+    }
+    labels, requests, errors, p50, p95, p99 = [], [], [], [], [], []
+    for bucket in range(first, last + 1):
+        n, e, p = rows.get(bucket, (0, 0, (None, None, None)))
+        labels.append(datetime.fromtimestamp(bucket * step, tz=UTC).isoformat())
+        requests.append(n)
+        errors.append(e)
+        p50.append(_round(p[0]))
+        p95.append(_round(p[1]))
+        p99.append(_round(p[2]))
+    total = sum(requests)
+    return {
+        "range": range_key if range_key in RANGES else DEFAULT_RANGE,
+        "bucket_seconds": step,
+        "deployment": deployment_name or "",
+        "labels": labels,
+        "requests": requests,
+        "errors": errors,
+        "p50": p50,
+        "p95": p95,
+        "p99": p99,
+        "total_requests": total,
+        "total_errors": sum(errors),
+    }
+
+
+def deployment_cards(*, stats: Mapping[str, CallStats]) -> list[dict[str, Any]]:
+    """One entry per deployment: state, healthy/desired replicas, version, call figures."""
+    deployments = (
+        _deployment_model()
+        .objects.select_related("model", "version")
+        .annotate(
+            healthy_replicas=Count("replica_set", filter=Q(replica_set__healthy=True)),
+        )
+        .order_by("name")
+    )
+    return [{"deployment": d, "stats": stats.get(d.name, CallStats())} for d in deployments]
+
+
+def recent_predictions(*, deployment_name: str, limit: int = 20) -> QuerySet:
+    return _prediction_log().objects.filter(deployment_name=deployment_name).order_by("-id")[:limit]
+
+
+# ---------------------------------------------------------------------- worker health
+
+
+def _ping_workers() -> dict[str, Any]:
+    from portal.celery import app
+
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+            replies = app.control.ping(timeout=WORKER_PING_TIMEOUT, connection=conn) or []
+    except Exception as exc:  # noqa: BLE001 - any broker failure means "no worker answers"
+        logger.warning("worker ping failed: %s", exc)
+        return {"workers": [], "broker_ok": False, "broker_error": str(exc)[:200]}
+    workers = sorted(name for reply in replies for name in reply)
+    return {"workers": workers, "broker_ok": True, "broker_error": ""}
+
+
+def _queue_length(queue: str) -> int | None:
+    """Messages waiting in the default queue: LLEN on Redis, files on the file broker."""
+    url = settings.CELERY_BROKER_URL
+    try:
+        if url.startswith(("redis://", "rediss://")):
+            import redis
+
+            client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+            # kombu keeps one list per priority step; the plain name holds priority 0.
+            names = [queue] + [f"{queue}\x06\x16{p}" for p in (3, 6, 9)]
+            with client.pipeline() as pipe:
+                for name in names:
+                    pipe.llen(name)
+                return int(sum(pipe.execute()))
+        if url.startswith("filesystem://"):
+            folder = Path(settings.CELERY_BROKER_TRANSPORT_OPTIONS["data_folder_in"])
+            return sum(1 for _ in folder.glob(f"*.{queue}.msg"))
+    except Exception as exc:  # noqa: BLE001 - a figure we cannot read is shown as unknown
+        logger.warning("queue length unavailable: %s", exc)
+    return None
+
+
+def worker_health(*, refresh: bool = False) -> dict[str, Any]:
+    """Are workers alive, how long is the queue, when did the reconciler last run."""
+    from portal.celery import app
+
+    ping = None if refresh else cache.get(WORKER_PING_KEY)
+    if ping is None:
+        ping = _ping_workers() | {"checked_at": timezone.now().isoformat()}
+        cache.set(WORKER_PING_KEY, ping, WORKER_PING_CACHE_SECONDS)
+    queue = app.conf.task_default_queue
+    last = cache.get(RECONCILE_LAST_KEY)
+    last_at = datetime.fromisoformat(last) if isinstance(last, str) else None
+    # Beat runs the reconciler every PORTAL_RECONCILE_SECONDS; three missed runs is a problem.
+    stale_after = max(60.0, 3 * float(getattr(settings, "PORTAL_RECONCILE_SECONDS", 10)))
+    reconcile_stale = last_at is None or (timezone.now() - last_at).total_seconds() > stale_after
+    return {
+        **ping,
+        "alive": bool(ping["workers"]),
+        "queue": queue,
+        "queue_length": _queue_length(queue),
+        "reconcile_last": last_at.isoformat() if last_at else None,
+        "reconcile_last_at": last_at,
+        "reconcile_stale": reconcile_stale,
+    }
+
+
+def dashboard(*, range_key: str = DEFAULT_RANGE) -> dict[str, Any]:
+    """Everything the live part of the dashboard shows (the charts come separately)."""
+    stats = deployment_call_stats(window_seconds=3600)
+    overall = _overall(stats)
+    return {
+        "summary": portal_summary(),
+        "cards": deployment_cards(stats=stats),
+        "overall": overall,
+        "health": worker_health(),
+        "range": range_key if range_key in RANGES else DEFAULT_RANGE,
+    }
+
+
+def _overall(stats: Mapping[str, CallStats]) -> CallStats:
+    requests = sum(s.requests for s in stats.values())
+    errors = sum(s.errors for s in stats.values())
+    return CallStats(
+        requests=requests,
+        errors=errors,
+        per_minute=round(requests / 60, 2),
+        error_rate=round(100.0 * errors / requests, 2) if requests else None,
+    )
+
+
+# ---------------------------------------------------------------------- audit review
+
+
+def _day_bounds(since: date | None, until: date | None) -> tuple[datetime | None, ...]:
+    tz = timezone.get_current_timezone()
+    start = datetime.combine(since, time.min, tzinfo=tz) if since else None
+    end = datetime.combine(until + timedelta(days=1), time.min, tzinfo=tz) if until else None
+    return start, end
+
+
+def audit_event_list(*, filters: Mapping[str, Any]) -> QuerySet[AuditEvent]:
     qs = AuditEvent.objects.order_by("-id")
     if actor := filters.get("actor"):
         qs = qs.filter(actor_name__icontains=actor)
@@ -20,27 +349,64 @@ def audit_event_list(*, filters: Mapping[str, str]) -> QuerySet[AuditEvent]:
         qs = qs.filter(target_name__icontains=target)
     if outcome := filters.get("outcome"):
         qs = qs.filter(outcome=outcome)
+    start, end = _day_bounds(filters.get("since"), filters.get("until"))
+    if start:
+        qs = qs.filter(created_at__gte=start)
+    if end:
+        qs = qs.filter(created_at__lt=end)
+    if q := filters.get("q"):
+        qs = qs.filter(
+            Q(actor_name__icontains=q)
+            | Q(action__icontains=q)
+            | Q(target_name__icontains=q)
+            | Q(request_id__icontains=q)
+            | Q(details__icontains=q)
+        )
     return qs
 
 
-def portal_summary() -> dict[str, object]:
-    """Counts for the home page. Looked up by app label so the core does not import apps."""
-    summary: dict[str, object] = {}
-    if apps.is_installed("models_app"):
-        Model = apps.get_model("models_app", "RegisteredModel")  # noqa: N806
-        Version = apps.get_model("models_app", "ModelVersion")  # noqa: N806
-        summary["models"] = Model.objects.count()
-        summary["versions_by_status"] = dict(
-            Version.objects.values_list("status").annotate(n=Count("id")).order_by()
+def prediction_log_list(*, filters: Mapping[str, Any]) -> QuerySet:
+    qs = _prediction_log().objects.order_by("-id")
+    if deployment := filters.get("deployment"):
+        qs = qs.filter(deployment_name=deployment)
+    if actor := filters.get("actor"):
+        qs = qs.filter(caller__icontains=actor)
+    if target := filters.get("target"):
+        qs = qs.filter(model_name__icontains=target)
+    outcome = filters.get("outcome")
+    if outcome == "success":
+        qs = qs.filter(status_code__lt=ERROR_STATUS)
+    elif outcome == "failure":
+        qs = qs.filter(status_code__gte=ERROR_STATUS)
+    elif outcome == "denied":
+        qs = qs.filter(status_code__in=(401, 403, 429))
+    start, end = _day_bounds(filters.get("since"), filters.get("until"))
+    if start:
+        qs = qs.filter(created_at__gte=start)
+    if end:
+        qs = qs.filter(created_at__lt=end)
+    if q := filters.get("q"):
+        qs = qs.filter(
+            Q(request_id__icontains=q)
+            | Q(error__icontains=q)
+            | Q(caller__icontains=q)
+            | Q(deployment_name__icontains=q)
         )
-    if apps.is_installed("deployments_app"):
-        try:
-            Deployment = apps.get_model("deployments_app", "Deployment")  # noqa: N806
-        except LookupError:
-            Deployment = None  # noqa: N806
-        if Deployment is not None:
-            summary["deployments_by_state"] = dict(
-                Deployment.objects.values_list("state").annotate(n=Count("id")).order_by()
-            )
-    summary["audit_events"] = AuditEvent.objects.count()
-    return summary
+    return qs
+
+
+def deployment_names() -> list[str]:
+    return list(_deployment_model().objects.order_by("name").values_list("name", flat=True))
+
+
+def audit_last_verification() -> dict[str, Any] | None:
+    """The cached result of the last on-demand chain check, or None."""
+    result = cache.get(AUDIT_VERIFY_KEY)
+    if result and isinstance(result.get("at"), str):
+        with contextlib.suppress(ValueError):
+            result["at"] = datetime.fromisoformat(result["at"])
+    return result
+
+
+def audit_verification_payload(report: ChainReport, *, by: str) -> dict[str, Any]:
+    return asdict(report) | {"at": timezone.now().isoformat(), "by": by}

@@ -1,15 +1,31 @@
-"""Core pages: home, health, audit review."""
+"""Core pages: dashboard, health, audit review."""
 
 from __future__ import annotations
 
-from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import render
+import csv
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from django import forms
+from django.contrib import messages
+from django.core.cache import cache
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.shortcuts import redirect, render
+from django.template.loader import render_to_string
+from django.utils import timezone
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_POST
 
 from portal import selectors
+from portal.audit import Actor, audit_record, audit_verify
 from portal.health import run_checks
+from portal.models import AuditEvent
 from portal.permissions import capability_required
+
+AUDIT_PAGE_SIZE = 50
+EXPORT_CHUNK = 2000
 
 
 @require_GET
@@ -31,14 +47,228 @@ def readyz(request: HttpRequest) -> JsonResponse:
     )
 
 
+# ------------------------------------------------------------------------------ dashboard
+
+
+def _range(request: HttpRequest) -> str:
+    value = request.GET.get("range", selectors.DEFAULT_RANGE)
+    return value if value in selectors.RANGES else selectors.DEFAULT_RANGE
+
+
+@require_GET
 @capability_required("view")
 def home(request: HttpRequest) -> HttpResponse:
-    return render(request, "portal/home.html", {"summary": selectors.portal_summary()})
+    range_key = _range(request)
+    deployment = request.GET.get("deployment", "")
+    context = selectors.dashboard(range_key=range_key)
+    context |= {
+        "series": selectors.prediction_series(range_key=range_key, deployment_name=deployment),
+        "chart_deployment": deployment,
+        "ranges": list(selectors.RANGES),
+    }
+    return render(request, "portal/home.html", context)
 
 
+@require_GET
+@never_cache
+@capability_required("view")
+def dashboard_data(request: HttpRequest) -> JsonResponse:
+    """What the dashboard polls: the live fragment (counts, cards, health) and chart series."""
+    range_key = _range(request)
+    deployment = request.GET.get("deployment", "")
+    context = selectors.dashboard(range_key=range_key)
+    health = context["health"]
+    return JsonResponse(
+        {
+            "html": render_to_string("portal/_dashboard_live.html", context, request=request),
+            "series": selectors.prediction_series(range_key=range_key, deployment_name=deployment),
+            "health": {
+                "alive": health["alive"],
+                "workers": health["workers"],
+                "queue_length": health["queue_length"],
+                "reconcile_last": health["reconcile_last"],
+            },
+            "summary": context["summary"],
+        }
+    )
+
+
+@require_GET
+@never_cache
+@capability_required("view")
+def metrics_series(request: HttpRequest) -> JsonResponse:
+    """Chart series only, for one deployment or the whole portal (the deployment page)."""
+    return JsonResponse(
+        selectors.prediction_series(
+            range_key=_range(request), deployment_name=request.GET.get("deployment", "")
+        )
+    )
+
+
+# ---------------------------------------------------------------------------- audit review
+
+
+class AuditFilterForm(forms.Form):
+    """Shape of the audit filters; the same fields filter events and prediction calls."""
+
+    OUTCOMES = [("", "any outcome")] + list(AuditEvent.Outcome.choices)
+
+    tab = forms.ChoiceField(choices=[("events", "events"), ("calls", "calls")], required=False)
+    actor = forms.CharField(required=False, max_length=150)
+    action = forms.CharField(required=False, max_length=100)
+    target = forms.CharField(required=False, max_length=255)
+    deployment = forms.CharField(required=False, max_length=63)
+    outcome = forms.ChoiceField(choices=OUTCOMES, required=False)
+    since = forms.DateField(required=False)
+    until = forms.DateField(required=False)
+    q = forms.CharField(required=False, max_length=200)
+
+
+def _audit_filters(request: HttpRequest) -> tuple[AuditFilterForm, dict[str, Any], str]:
+    form = AuditFilterForm(request.GET)
+    if form.is_valid():
+        filters = {k: v for k, v in form.cleaned_data.items() if v not in (None, "")}
+    else:
+        # Keep what parsed; a bad date should not hide the whole log.
+        filters = {
+            k: v for k, v in getattr(form, "cleaned_data", {}).items() if v not in (None, "")
+        }
+    tab = filters.pop("tab", "events")
+    return form, filters, tab
+
+
+def _audit_queryset(tab: str, filters: dict[str, Any]):
+    if tab == "calls":
+        return selectors.prediction_log_list(filters=filters)
+    return selectors.audit_event_list(filters=filters)
+
+
+@require_GET
 @capability_required("audit")
 def audit_list(request: HttpRequest) -> HttpResponse:
-    events = selectors.audit_event_list(filters=request.GET)
-    return render(
-        request, "portal/audit_list.html", {"events": events[:200], "filters": request.GET}
+    form, filters, tab = _audit_filters(request)
+    page = Paginator(_audit_queryset(tab, filters), AUDIT_PAGE_SIZE).get_page(
+        request.GET.get("page")
     )
+    return render(
+        request,
+        "portal/audit_list.html",
+        {
+            "form": form,
+            "filters": request.GET,
+            "tab": tab,
+            "page": page,
+            "deployment_names": selectors.deployment_names(),
+            "verification": selectors.audit_last_verification(),
+        },
+    )
+
+
+EVENT_COLUMNS = (
+    "id",
+    "created_at",
+    "actor_name",
+    "action",
+    "target_type",
+    "target_id",
+    "target_name",
+    "outcome",
+    "request_id",
+    "client_ip",
+    "details",
+    "prev_hash",
+    "hash",
+)
+CALL_COLUMNS = (
+    "id",
+    "created_at",
+    "deployment_name",
+    "model_name",
+    "version_number",
+    "caller",
+    "api_key_prefix",
+    "status_code",
+    "latency_ms",
+    "upstream_ms",
+    "rows",
+    "client_ip",
+    "request_id",
+    "replica",
+    "error",
+)
+
+
+class _Echo:
+    """A file-like object whose write returns the line, for csv.writer in a generator."""
+
+    def write(self, value: str) -> str:
+        return value
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, dict | list):
+        value = json.dumps(value, sort_keys=True, default=str)
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    # Spreadsheets run cells starting with these as formulas; a log must not carry one.
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+def _csv_rows(header: Iterable[str], rows: Iterable[tuple]) -> Iterator[str]:
+    writer = csv.writer(_Echo())
+    yield writer.writerow(header)
+    for row in rows:
+        yield writer.writerow([_cell(v) for v in row])
+
+
+@require_GET
+@capability_required("audit")
+def audit_export(request: HttpRequest) -> StreamingHttpResponse:
+    """The filtered rows as CSV, streamed: memory stays flat however many rows match."""
+    _, filters, tab = _audit_filters(request)
+    columns = CALL_COLUMNS if tab == "calls" else EVENT_COLUMNS
+    rows = _audit_queryset(tab, filters).values_list(*columns).iterator(chunk_size=EXPORT_CHUNK)
+    audit_record(
+        actor=Actor.from_request(request),
+        action="audit.exported",
+        target_type="audit",
+        target_name=tab,
+        details={"filters": {k: str(v) for k, v in filters.items()}},
+    )
+    stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+    response = StreamingHttpResponse(_csv_rows(columns, rows), content_type="text/csv")
+    response["Content-Disposition"] = f'attachment; filename="portal-{tab}-{stamp}.csv"'
+    return response
+
+
+@require_POST
+@capability_required("audit")
+def audit_verify_run(request: HttpRequest) -> HttpResponse:
+    """Walk the hash chain now and keep the result for the page."""
+    report = audit_verify()
+    actor = Actor.from_request(request)
+    cache.set(
+        selectors.AUDIT_VERIFY_KEY,
+        selectors.audit_verification_payload(report, by=actor.name),
+        timeout=None,
+    )
+    if report.ok:
+        messages.success(request, f"Audit chain intact: {report.checked} events verified.")
+    else:
+        messages.error(
+            request,
+            f"Audit chain broken at event {report.broken_id}: {report.reason}.",
+        )
+    audit_record(
+        actor=actor,
+        action="audit.verified",
+        target_type="audit",
+        target_name="chain",
+        outcome=AuditEvent.Outcome.SUCCESS if report.ok else AuditEvent.Outcome.FAILURE,
+        details={"checked": report.checked, "broken_id": report.broken_id},
+    )
+    return redirect("audit-list")

@@ -40,7 +40,7 @@ portal_install() {
   # package:command that proves it is usable
   local spec pkg cmd missing=()
   for spec in postgresql:pg_ctlcluster redis-server:redis-server \
-              docker.io:dockerd debootstrap:debootstrap; do
+              docker.io:dockerd debootstrap:debootstrap chromium:chromium; do
     pkg=${spec%%:*} cmd=${spec#*:}
     if _pkg_installed "$pkg" || command -v "$cmd" >/dev/null 2>&1; then
       _info "$pkg: already installed"

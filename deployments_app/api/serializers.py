@@ -92,3 +92,27 @@ class ActionSerializer(serializers.Serializer):
     )
     replicas = serializers.IntegerField(min_value=1, max_value=8, required=False)
     version = serializers.IntegerField(min_value=1, required=False)
+
+
+class ApiKeyOutSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    prefix = serializers.CharField()
+    owner = serializers.CharField(source="user.username")
+    deployments = serializers.SerializerMethodField()
+    model = serializers.CharField(source="model.name", default=None)
+    expires_at = serializers.DateTimeField(allow_null=True)
+    revoked_at = serializers.DateTimeField(allow_null=True)
+    last_used_at = serializers.DateTimeField(allow_null=True)
+    rate_limit_per_minute = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+
+    def get_deployments(self, obj) -> list[str]:
+        return sorted(d.name for d in obj.deployments.all())
+
+
+class ApiKeyCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=100)
+    deployments = serializers.ListField(child=serializers.CharField(), required=False, default=list)
+    model = serializers.CharField(required=False, allow_blank=True, default="")
+    expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+    rate_limit_per_minute = serializers.IntegerField(min_value=1, max_value=1_000_000, default=6000)

@@ -10,15 +10,20 @@ from rest_framework.views import APIView
 from deployments_app import selectors, services
 from deployments_app.api.serializers import (
     ActionSerializer,
+    ApiKeyCreateSerializer,
+    ApiKeyOutSerializer,
     BuildOutSerializer,
     DeploymentCreateSerializer,
     DeploymentOutSerializer,
     EventOutSerializer,
 )
+from deployments_app.models import ApiKey
+from deployments_app.predict import keys
 from models_app import selectors as model_selectors
 from portal.audit import Actor
-from portal.errors import ApplicationError
+from portal.errors import ApplicationError, NotFoundError
 from portal.permissions import HasCapability
+from portal.roles import user_can
 
 
 class DeploymentListApi(APIView):
@@ -126,3 +131,46 @@ class DeploymentEventsApi(APIView):
     def get(self, request, name: str):
         deployment = selectors.deployment_get(name=name)
         return Response(EventOutSerializer(deployment.events.all()[:200], many=True).data)
+
+
+class ApiKeyListApi(APIView):
+    """GET: your keys (admins: all). POST: create one; the key is in the answer, once."""
+
+    permission_classes = [HasCapability("predict")]
+
+    @extend_schema(responses=ApiKeyOutSerializer(many=True))
+    def get(self, request):
+        qs = ApiKey.objects.select_related("user", "model").prefetch_related("deployments")
+        if not user_can(request.user, "admin"):
+            qs = qs.filter(user=request.user)
+        return Response(ApiKeyOutSerializer(qs.order_by("-id"), many=True).data)
+
+    @extend_schema(request=ApiKeyCreateSerializer, responses={201: ApiKeyOutSerializer})
+    def post(self, request):
+        serializer = ApiKeyCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        key, raw = keys.api_key_create(
+            user=request.user,
+            actor=Actor.from_request(request),
+            name=data["name"],
+            deployment_names=data["deployments"],
+            model_name=data["model"],
+            expires_at=data["expires_at"],
+            rate_limit_per_minute=data["rate_limit_per_minute"],
+        )
+        body = ApiKeyOutSerializer(key).data
+        body["key"] = raw
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
+class ApiKeyDetailApi(APIView):
+    permission_classes = [HasCapability("predict")]
+
+    @extend_schema(responses={204: None})
+    def delete(self, request, prefix: str):
+        key = ApiKey.objects.filter(prefix=prefix).first()
+        if key is None or (key.user_id != request.user.pk and not user_can(request.user, "admin")):
+            raise NotFoundError(f"no key with prefix '{prefix}'")
+        keys.api_key_revoke(key=key, actor=Actor.from_request(request))
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,182 @@
+"""API keys: create (shown once), revoke, and the fast check done on every prediction call.
+
+A key is `mp_<prefix>_<secret>`: the prefix finds the row, a SHA-256 of the whole key is
+compared in constant time. What a check needs is cached (Django's cache: Redis when
+configured) for a minute and dropped on revoke, so a call costs one cache read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.core.cache import cache
+from django.db import transaction
+from django.utils import timezone
+
+from deployments_app.models import ApiKey, Deployment
+from models_app.models import RegisteredModel
+from portal.audit import Actor, audit_record
+from portal.errors import ApplicationError, NotFoundError, PermissionDeniedError
+from portal.roles import user_can
+
+CACHE_SECONDS = 60
+LAST_USED_EVERY = 60  # seconds between last_used_at writes per key
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    id: int
+    prefix: str
+    key_hash: str
+    user_id: int
+    username: str
+    deployment_ids: frozenset[int]
+    model_id: int | None
+    expires_at: datetime | None
+    revoked: bool
+    active_user: bool
+    rate_limit_per_minute: int
+
+    def allows(self, deployment_id: int, model_id: int) -> bool:
+        return deployment_id in self.deployment_ids or (self.model_id == model_id)
+
+
+def _hash(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def _cache_key(prefix: str) -> str:
+    return f"portal:apikey:{prefix}"
+
+
+def api_key_create(
+    *,
+    user: Any,
+    actor: Actor,
+    name: str,
+    deployment_names: list[str],
+    model_name: str = "",
+    expires_at: datetime | None = None,
+    rate_limit_per_minute: int = 6000,
+) -> tuple[ApiKey, str]:
+    """Create a key for some deployments or for all of a model's; returns (row, raw key)."""
+    if not user_can(user, "predict"):
+        raise PermissionDeniedError("your role may not call predictions, so it may not hold keys")
+    if not deployment_names and not model_name:
+        raise ApplicationError("a key needs at least one deployment or a model")
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ApplicationError("the expiry must be in the future")
+    deployments = list(Deployment.objects.filter(name__in=deployment_names))
+    missing = set(deployment_names) - {d.name for d in deployments}
+    if missing:
+        raise NotFoundError(f"no deployment named {', '.join(sorted(missing))}")
+    model = None
+    if model_name:
+        model = RegisteredModel.objects.filter(name=model_name).first()
+        if model is None:
+            raise NotFoundError(f"no model named {model_name}")
+    prefix = secrets.token_hex(5)
+    raw = f"mp_{prefix}_{secrets.token_urlsafe(32)}"
+    with transaction.atomic():
+        key = ApiKey.objects.create(
+            name=name[:100] or "key",
+            prefix=prefix,
+            key_hash=_hash(raw),
+            user=user,
+            model=model,
+            expires_at=expires_at,
+            rate_limit_per_minute=rate_limit_per_minute,
+        )
+        key.deployments.set(deployments)
+        audit_record(
+            actor=actor,
+            action="api_key.created",
+            target=key,
+            details={
+                "prefix": prefix,
+                "deployments": sorted(d.name for d in deployments),
+                "model": model_name or None,
+                "expires_at": expires_at.isoformat() if expires_at else None,
+            },
+        )
+    return key, raw
+
+
+def api_key_revoke(*, key: ApiKey, actor: Actor) -> ApiKey:
+    if key.revoked_at is not None:
+        return key
+    with transaction.atomic():
+        key.revoked_at = timezone.now()
+        key.save(update_fields=["revoked_at"])
+        audit_record(
+            actor=actor, action="api_key.revoked", target=key, details={"prefix": key.prefix}
+        )
+        # Now, and again after commit: a check racing the commit may re-cache the old row.
+        cache.delete(_cache_key(key.prefix))
+        transaction.on_commit(lambda: cache.delete(_cache_key(key.prefix)))
+    return key
+
+
+def _load(prefix: str) -> KeyInfo | None:
+    key = ApiKey.objects.select_related("user").filter(prefix=prefix).first()
+    if key is None:
+        return None
+    return KeyInfo(
+        id=key.pk,
+        prefix=key.prefix,
+        key_hash=key.key_hash,
+        user_id=key.user_id,
+        username=key.user.get_username(),
+        deployment_ids=frozenset(key.deployments.values_list("id", flat=True)),
+        model_id=key.model_id,
+        expires_at=key.expires_at,
+        revoked=key.revoked_at is not None,
+        active_user=user_can(key.user, "predict"),
+        rate_limit_per_minute=key.rate_limit_per_minute,
+    )
+
+
+def key_check(raw: str) -> KeyInfo | None:
+    """The key's info when it is valid now; None for unknown, wrong, revoked or expired."""
+    parts = raw.split("_")
+    if len(parts) < 3 or parts[0] != "mp":
+        return None
+    prefix = parts[1]
+    info = cache.get(_cache_key(prefix))
+    if info is None:
+        info = _load(prefix)
+        if info is None:
+            return None
+        cache.set(_cache_key(prefix), info, CACHE_SECONDS)
+    if not hmac.compare_digest(info.key_hash, _hash(raw)):
+        return None
+    if info.revoked or not info.active_user:
+        return None
+    if info.expires_at is not None and info.expires_at <= timezone.now():
+        return None
+    if cache.add(f"portal:apikey-used:{prefix}", 1, LAST_USED_EVERY):
+        ApiKey.objects.filter(pk=info.id).update(last_used_at=timezone.now())
+    return info
+
+
+def rate_limited(info: KeyInfo) -> int:
+    """0 when the call may go on, else the seconds to wait (fixed one-minute windows)."""
+    now = int(timezone.now().timestamp())
+    window = now // 60
+    counter = f"portal:rate:{info.prefix}:{window}"
+    if cache.add(counter, 1, 70):
+        count = 1
+    else:
+        try:
+            count = cache.incr(counter)
+        except ValueError:  # expired between add and incr
+            cache.add(counter, 1, 70)
+            count = 1
+    if count > info.rate_limit_per_minute:
+        return 60 - now % 60 or 1
+    return 0

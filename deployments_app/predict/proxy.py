@@ -1,0 +1,145 @@
+"""Forwarding to replicas: keep-alive pools, round robin, failover, bounded timeouts."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from django.conf import settings
+
+from deployments_app.models import Deployment, Replica
+
+TARGET_TTL = 1.0  # seconds a process trusts its view of a deployment's replicas
+
+
+@dataclass
+class Target:
+    """What the proxy needs about a deployment, cached briefly per process."""
+
+    id: int
+    name: str
+    state: str
+    model_id: int
+    model_name: str
+    version_number: int
+    schema: dict[str, Any]
+    capture_percent: int
+    endpoints: list[tuple[str, str]]  # (replica name, base URL)
+    loaded_at: float = field(default_factory=time.monotonic)
+    _cycle: Any = None
+
+    def next_endpoints(self) -> list[tuple[str, str]]:
+        """All healthy endpoints, starting at the next one in round-robin order."""
+        if not self.endpoints:
+            return []
+        if self._cycle is None:
+            self._cycle = itertools.count()
+        start = next(self._cycle) % len(self.endpoints)
+        return self.endpoints[start:] + self.endpoints[:start]
+
+
+_targets: dict[str, Target] = {}
+_lock = threading.Lock()
+_client: httpx.Client | None = None
+
+
+def client() -> httpx.Client:
+    global _client
+    if _client is None:
+        with _lock:
+            if _client is None:
+                _client = httpx.Client(
+                    timeout=httpx.Timeout(
+                        settings.PORTAL_PREDICT_READ_TIMEOUT,
+                        connect=settings.PORTAL_PREDICT_CONNECT_TIMEOUT,
+                    ),
+                    limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+                    trust_env=False,
+                )
+    return _client
+
+
+def get_target(name: str, *, fresh: bool = False) -> Target | None:
+    target = _targets.get(name)
+    if target is not None and not fresh and time.monotonic() - target.loaded_at < TARGET_TTL:
+        return target
+    deployment = Deployment.objects.select_related("version", "model").filter(name=name).first()
+    if deployment is None:
+        _targets.pop(name, None)
+        return None
+    endpoints = list(
+        Replica.objects.filter(
+            deployment=deployment,
+            healthy=True,
+            version_number=deployment.version.number,
+        )
+        .exclude(endpoint="")
+        .order_by("index")
+        .values_list("name", "endpoint")
+    )
+    target = Target(
+        id=deployment.pk,
+        name=deployment.name,
+        state=deployment.state,
+        model_id=deployment.model_id,
+        model_name=deployment.model.name,
+        version_number=deployment.version.number,
+        schema=deployment.version.schema or {},
+        capture_percent=deployment.capture_percent,
+        endpoints=endpoints,
+    )
+    _targets[name] = target
+    return target
+
+
+class UpstreamError(Exception):
+    def __init__(self, status: int, message: str, replica: str = "") -> None:
+        super().__init__(message)
+        self.status, self.message, self.replica = status, message, replica
+
+
+@dataclass
+class Forwarded:
+    body: dict[str, Any]
+    replica: str
+    upstream_ms: float
+
+
+def forward(target: Target, payload: bytes) -> Forwarded:
+    """POST to one healthy replica; on a refused connection try the next, then refresh once."""
+    tried: set[str] = set()
+    for attempt in range(2):
+        for replica, base in target.next_endpoints():
+            if replica in tried:
+                continue
+            tried.add(replica)
+            started = time.perf_counter()
+            try:
+                response = client().post(
+                    f"{base}/predict", content=payload, headers={"Content-Type": "application/json"}
+                )
+            except httpx.TimeoutException as exc:
+                raise UpstreamError(
+                    504, f"the model did not answer in time ({exc.__class__.__name__})", replica
+                ) from exc
+            except httpx.TransportError:
+                continue  # refused or reset: this replica is gone, try another
+            upstream_ms = (time.perf_counter() - started) * 1000
+            if response.status_code == 200:
+                return Forwarded(response.json(), replica, upstream_ms)
+            try:
+                message = response.json().get("error", response.text[:500])
+            except ValueError:
+                message = response.text[:500]
+            if response.status_code in (400, 413, 422):
+                raise UpstreamError(422, f"the model rejected the input: {message}", replica)
+            if response.status_code == 503:
+                continue
+            raise UpstreamError(502, f"the model failed: {message}", replica)
+        if attempt == 0:
+            target = get_target(target.name, fresh=True) or target
+    raise UpstreamError(503, "no healthy replica could take the request")

@@ -1,0 +1,468 @@
+"""The prediction API against real model containers.
+
+Two real images (house-price on scikit-learn 1.5.2, spam on 1.9.1) are built and started once
+for the module with the docker runtime; each test writes the rows that describe them (model,
+version from the real validation outcome, deployment, replicas) and calls the portal.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import shutil
+from datetime import timedelta
+from http import HTTPStatus
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from django.utils import timezone
+
+from deployments_app.models import ApiKey, Deployment, PredictionLog, Replica
+from deployments_app.predict import keys, proxy
+from deployments_app.runtimes.base import BuildSpec, ReplicaLimits
+from deployments_app.services import SERVER_DIR
+from models_app.models import ModelVersion, RegisteredModel
+from models_app.validation.pipeline import validate_artifact
+from portal.audit import Actor
+from portal.models import AuditEvent
+from tests.conftest import FIXTURE_DIR
+from tests.services import require
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+MODELS = {"house": "house_price_linreg.pkl", "spam": "spam_pipeline.joblib"}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, django_db_blocker):
+    """Validate, build and start each model once: {alias: (outcome, [(name, endpoint)])}."""
+    from django.conf import settings
+
+    try:
+        from deployments_app.runtimes.docker_runtime import DockerRuntime
+
+        runtime = DockerRuntime()
+        ok = runtime.ping()
+    except Exception:  # noqa: BLE001
+        ok = False
+    require(ok, "a Docker engine")
+    manifest = {e["file"]: e for e in json.loads((FIXTURE_DIR / "manifest.json").read_text())}
+    work = tmp_path_factory.mktemp("served")
+    served, started, images = {}, [], []
+    try:
+        for alias, filename in MODELS.items():
+            path = work / filename
+            shutil.copy(FIXTURE_DIR / filename, path)
+            outcome = validate_artifact(path=path, example_rows=manifest[filename]["input_example"])
+            assert outcome.ok, outcome.reason
+            deployment = f"ptest-{alias}"
+            spec = BuildSpec(
+                deployment=deployment,
+                model=f"ptest-{alias}",
+                version=1,
+                artifact_path=path,
+                artifact_sha256="0" * 64,
+                fmt=outcome.format,
+                requirements=outcome.requirements,
+                base_image=settings.PORTAL_BASE_IMAGE,
+                wheelhouse=Path(settings.PORTAL_WHEELHOUSE),
+                server_dir=SERVER_DIR,
+                columns=outcome.schema.get("columns"),
+                extra_labels={"portal.test": "1"},
+            )
+            build = runtime.build(spec, log=lambda _line: None)
+            images.append(build.ref)
+            replicas = []
+            for index in range(2):
+                status = runtime.start_replica(
+                    deployment=deployment,
+                    index=index,
+                    build=build,
+                    spec=spec,
+                    limits=ReplicaLimits(),
+                    publish_host="127.0.0.1",
+                )
+                started.append(status.name)
+                assert runtime.wait_healthy(status, timeout=90)
+                replicas.append((status.name, status.endpoint))
+            served[alias] = (outcome, replicas, manifest[filename])
+        yield served, runtime
+    finally:
+        for name in started:
+            runtime.remove_replica(name)
+        for ref in images:
+            runtime.remove_image(ref)
+
+
+@pytest.fixture
+def world(served, db):
+    """The database rows for the served models, fresh for each test."""
+    proxy._targets.clear()
+    data, runtime = served
+    rows = {}
+    for alias, (outcome, replicas, entry) in data.items():
+        model = RegisteredModel.objects.create(name=f"ptest-{alias}")
+        version = ModelVersion.objects.create(
+            model=model,
+            number=1,
+            status="ready",
+            artifact_sha256=f"{len(rows):064d}",
+            artifact_size=1,
+            format=outcome.format,
+            sklearn_version=outcome.sklearn_version,
+            python_requirements=outcome.requirements,
+            schema=outcome.schema,
+        )
+        deployment = Deployment.objects.create(
+            name=f"ptest-{alias}",
+            model=model,
+            version=version,
+            runtime="docker",
+            state="running",
+            replicas=2,
+        )
+        for index, (name, endpoint) in enumerate(replicas):
+            Replica.objects.create(
+                deployment=deployment,
+                name=name,
+                index=index,
+                version_number=1,
+                endpoint=endpoint,
+                healthy=True,
+                state="running",
+            )
+        rows[alias] = (deployment, entry)
+    rows["runtime"] = runtime
+    return rows
+
+
+@pytest.fixture
+def key_for(make_user):
+    def _key(*deployments: Deployment, model=None, **kwargs) -> str:
+        user = make_user("deployer")
+        _, raw = keys.api_key_create(
+            user=user,
+            actor=Actor.system(),
+            name="test",
+            deployment_names=[d.name for d in deployments],
+            model_name=model.name if model else "",
+            **kwargs,
+        )
+        return raw
+
+    return _key
+
+
+def _post(client, name, body, key=None, **extra):
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {key}"} if key else {}
+    return client.post(
+        f"/api/v1/deployments/{name}/predict",
+        data=body if isinstance(body, str | bytes) else json.dumps(body),
+        content_type=extra.pop("content_type", "application/json"),
+        **headers,
+        **extra,
+    )
+
+
+# --------------------------------------------------------------------------- formats
+
+
+def test_seed_style_features_answers_a_price_near_558000(client, world, key_for):
+    deployment, _ = world["house"]
+    response = _post(client, deployment.name, {"features": [1500, 3, 2]}, key_for(deployment))
+    assert response.status_code == HTTPStatus.OK, response.content
+    body = response.json()
+    assert body["prediction"] == pytest.approx(558408.111544802)
+    assert response["X-Model-Version"] == "1"
+    assert response["X-Request-ID"] == body["request_id"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"instances": [[1500, 3, 2], [2500, 4, 3]]},
+        {"inputs": [[1500, 3, 2], [2500, 4, 3]]},
+        {"dataframe_split": {"data": [[1500, 3, 2], [2500, 4, 3]]}},
+    ],
+)
+def test_house_row_formats(client, world, key_for, body):
+    deployment, entry = world["house"]
+    response = _post(client, deployment.name, body, key_for(deployment))
+    assert response.status_code == HTTPStatus.OK, response.content
+    assert np.allclose(response.json()["predictions"], entry["expected_predict"])
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        "instances-records",
+        "bare-records",
+        "dataframe_records",
+        "dataframe_split",
+        "inputs-columns",
+        "features-record",
+    ],
+)
+def test_spam_record_formats_and_probabilities(client, world, key_for, shape):
+    deployment, entry = world["spam"]
+    rows = entry["input_example"]
+    records = [dict(zip(entry["columns"], r, strict=True)) for r in rows]
+    body = {
+        "instances-records": {"instances": records, "params": {"proba": True}},
+        "bare-records": records,
+        "dataframe_records": {"dataframe_records": records, "params": {"proba": True}},
+        "dataframe_split": {
+            "dataframe_split": {"columns": entry["columns"], "data": rows},
+            "params": {"proba": True},
+        },
+        "inputs-columns": {
+            "inputs": {c: [r[i] for r in rows] for i, c in enumerate(entry["columns"])}
+        },
+        "features-record": {"features": records[0], "params": {"proba": True}},
+    }[shape]
+    response = _post(client, deployment.name, body, key_for(deployment))
+    assert response.status_code == HTTPStatus.OK, response.content
+    answer = response.json()
+    expected = (
+        entry["expected_predict"][:1] if shape == "features-record" else entry["expected_predict"]
+    )
+    assert answer["predictions"] == expected
+    if "probabilities" in answer:
+        proba = entry["expected_predict_proba"][: len(expected)]
+        assert np.allclose(answer["probabilities"], proba)
+    if shape == "features-record":
+        assert answer["probabilities"][0][1] > 0.9  # "This is a spam email." is spam
+
+
+def test_open_inference_protocol(client, world, key_for):
+    deployment, entry = world["spam"]
+    key = key_for(deployment)
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {key}"}
+    meta = client.get(f"/v2/models/{deployment.name}", **auth)
+    assert meta.status_code == HTTPStatus.OK
+    assert [i["name"] for i in meta.json()["inputs"]] == entry["columns"]
+    assert client.get(f"/v2/models/{deployment.name}/ready", **auth).json()["ready"] is True
+    assert client.get("/v2/health/ready").status_code == HTTPStatus.OK
+    rows = entry["input_example"]
+    body = {
+        "id": "req-1",
+        "inputs": [
+            {"name": c, "shape": [len(rows), 1], "datatype": "BYTES", "data": [r[i] for r in rows]}
+            for i, c in enumerate(entry["columns"])
+        ],
+        "parameters": {"proba": True},
+    }
+    response = client.post(
+        f"/v2/models/{deployment.name}/infer",
+        data=json.dumps(body),
+        content_type="application/json",
+        **auth,
+    )
+    assert response.status_code == HTTPStatus.OK, response.content
+    answer = response.json()
+    assert answer["id"] == "req-1"
+    outputs = {o["name"]: o for o in answer["outputs"]}
+    assert outputs["predict"]["data"] == entry["expected_predict"]
+    assert outputs["predict_proba"]["shape"] == [2, 2]
+    house, house_entry = world["house"]
+    tensor = {
+        "inputs": [
+            {
+                "name": "input-0",
+                "shape": [2, 3],
+                "datatype": "FP64",
+                "data": [v for r in house_entry["input_example"] for v in r],
+            }
+        ]
+    }
+    response = client.post(
+        f"/v2/models/{house.name}/infer",
+        data=json.dumps(tensor),
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {key_for(house)}",
+    )
+    assert np.allclose(response.json()["outputs"][0]["data"], house_entry["expected_predict"])
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    "body,status,fragment",
+    [
+        ({"features": [1500, 3]}, 422, "expected 3 features"),
+        ({"instances": [[1500, "three", 2]]}, 422, "expected a number"),
+        ({"instances": [[1500, float("nan"), 2]]}, 422, "non-finite"),
+        ({"instances": []}, 422, "no rows"),
+        ({"instances": [[1, 2, 3]] * 1001}, 413, "at most 1000 rows"),
+        ({"nothing": 1}, 400, "no input found"),
+        ("{not json", 400, "malformed JSON"),
+        ({"instances": [{"area": 1}]}, 422, "positional features"),
+    ],
+)
+def test_bad_input_gets_a_clear_4xx(client, world, key_for, body, status, fragment):
+    deployment, _ = world["house"]
+    if isinstance(body, dict):
+        body = json.dumps(body, allow_nan=True)
+    response = _post(client, deployment.name, body, key_for(deployment))
+    assert response.status_code == status, response.content
+    assert fragment in response.json()["error"]
+
+
+def test_error_names_row_and_field(client, world, key_for):
+    deployment, _ = world["spam"]
+    response = _post(
+        client,
+        deployment.name,
+        {"instances": [{"content": "hi", "sender": "a@b.c"}, {"content": 5, "sender": "a@b.c"}]},
+        key_for(deployment),
+    )
+    assert response.status_code == HTTPStatus.UNPROCESSABLE_ENTITY
+    assert response.json()["row"] == 1 and response.json()["field"] == "content"
+
+
+def test_wrong_content_type_and_size_and_method(client, world, key_for, settings):
+    deployment, _ = world["house"]
+    key = key_for(deployment)
+    assert (
+        _post(client, deployment.name, "features=1", key, content_type="text/plain").status_code
+        == HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+    )
+    settings.PORTAL_PREDICT_MAX_BODY_BYTES = 100
+    big = {"instances": [[1500, 3, 2]] * 50}
+    assert _post(client, deployment.name, big, key).status_code == (
+        HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    )
+    assert client.get(f"/api/v1/deployments/{deployment.name}/predict").status_code == (
+        HTTPStatus.METHOD_NOT_ALLOWED
+    )
+
+
+def test_not_running_answers_503_with_state(client, world, key_for):
+    deployment, _ = world["house"]
+    Deployment.objects.filter(pk=deployment.pk).update(state="stopped")
+    response = _post(client, deployment.name, {"features": [1, 2, 3]}, key_for(deployment))
+    assert response.status_code == HTTPStatus.SERVICE_UNAVAILABLE
+    assert response.json()["state"] == "stopped"
+
+
+# --------------------------------------------------------------------------- who may call
+
+
+def test_key_scoping_expiry_revocation(client, world, key_for):
+    house, _ = world["house"]
+    spam, _ = world["spam"]
+    key = key_for(house)
+    assert _post(client, house.name, {"features": [1, 2, 3]}, key).status_code == 200
+    other = _post(client, spam.name, {"features": ["x", "y"]}, key)
+    missing = _post(client, "no-such-deployment", {"features": [1]}, key)
+    assert other.status_code == missing.status_code == HTTPStatus.NOT_FOUND
+    assert other.json()["error"].replace(spam.name, "X") == missing.json()["error"].replace(
+        "no-such-deployment", "X"
+    )
+    model_key = key_for(model=spam.model)
+    assert _post(client, spam.name, {"instances": [["a", "b"]]}, model_key).status_code == 200
+    assert _post(client, "", {}, None).status_code in (404, 401)
+    assert _post(client, house.name, {"features": [1, 2, 3]}, None).status_code == 401
+    assert _post(client, house.name, {"features": [1, 2, 3]}, "mp_nope_nope").status_code == 401
+    # revoke: refused at once, even though checks are cached
+    row = ApiKey.objects.get(prefix=key.split("_")[1])
+    keys.api_key_revoke(key=row, actor=Actor.system())
+    assert _post(client, house.name, {"features": [1, 2, 3]}, key).status_code == 401
+    assert AuditEvent.objects.filter(action="api_key.revoked").exists()
+    # expiry
+    soon = key_for(house, expires_at=timezone.now() + timedelta(seconds=60))
+    assert _post(client, house.name, {"features": [1, 2, 3]}, soon).status_code == 200
+    ApiKey.objects.filter(prefix=soon.split("_")[1]).update(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    from django.core.cache import cache
+
+    cache.delete(f"portal:apikey:{soon.split('_')[1]}")
+    assert _post(client, house.name, {"features": [1, 2, 3]}, soon).status_code == 401
+    assert ApiKey.objects.get(prefix=row.prefix).last_used_at is not None
+
+
+def test_rate_limit_answers_429_with_retry_after(client, world, key_for):
+    house, _ = world["house"]
+    key = key_for(house, rate_limit_per_minute=3)
+    codes = [_post(client, house.name, {"features": [1, 2, 3]}, key).status_code for _ in range(5)]
+    assert codes[:3] == [200, 200, 200]
+    assert codes[3:] == [429, 429]
+    limited = _post(client, house.name, {"features": [1, 2, 3]}, key)
+    assert 1 <= int(limited["Retry-After"]) <= 60
+
+
+def test_logged_in_deployer_may_call_viewer_may_not(client, world, role_client):
+    house, _ = world["house"]
+    deployer = role_client("deployer")
+    assert _post(deployer, house.name, {"features": [1, 2, 3]}).status_code == 200
+    viewer = role_client("viewer")
+    assert _post(viewer, house.name, {"features": [1, 2, 3]}).status_code == 403
+
+
+def test_every_call_is_logged_with_outcome(client, world, key_for):
+    house, _ = world["house"]
+    key = key_for(house)
+    _post(client, house.name, {"features": [1500, 3, 2]}, key)
+    _post(client, house.name, {"features": [1500]}, key)
+    logs = list(PredictionLog.objects.order_by("id"))
+    assert [log.status_code for log in logs] == [200, 422]
+    ok, bad = logs
+    assert ok.version_number == 1 and ok.rows == 1 and ok.upstream_ms > 0
+    assert ok.latency_ms >= ok.upstream_ms and len(ok.input_sha256) == 64
+    assert ok.caller and ok.api_key_prefix and ok.replica.startswith("portal-ptest-house")
+    assert ok.payload is None  # capture is off by default
+    assert "expected 3 features" in bad.error
+
+
+def test_payload_capture_when_sampling_is_on(client, world, key_for):
+    house, _ = world["house"]
+    Deployment.objects.filter(pk=house.pk).update(capture_percent=100)
+    _post(client, house.name, {"features": [1500, 3, 2]}, key_for(house))
+    assert PredictionLog.objects.get().payload == {"features": [1500, 3, 2]}
+
+
+def test_metrics_are_exposed_to_loopback_only(client, world, key_for, settings):
+    house, _ = world["house"]
+    _post(client, house.name, {"features": [1500, 3, 2]}, key_for(house))
+    text = client.get("/metrics").content.decode()
+    assert 'portal_predictions_total{deployment="ptest-house",status="200",version="1"}' in text
+    settings.PORTAL_METRICS_ALLOW = []
+    assert client.get("/metrics").status_code == HTTPStatus.FORBIDDEN
+
+
+# --------------------------------------------------------------------------- forwarding
+
+
+@pytest.mark.django_db(transaction=True)
+def test_failover_when_a_replica_is_killed_and_burst_is_fully_logged(live_server, world, key_for):
+    house, _ = world["house"]
+    key = key_for(house)
+    url = f"{live_server.url}/api/v1/deployments/{house.name}/predict"
+    victim = Replica.objects.filter(deployment=house).order_by("index").first()
+    killed_name = victim.name
+
+    def call(_):
+        return httpx.post(
+            url,
+            json={"features": [1500, 3, 2]},
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=30,
+        ).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        first = list(pool.map(call, range(40)))
+        _kill_container(killed_name)  # docker kill: connections to it are refused
+        second = list(pool.map(call, range(40)))
+    assert first.count(200) == 40
+    assert second.count(200) == 40, second  # the other replica took every call
+    assert PredictionLog.objects.count() == 80
+    assert PredictionLog.objects.filter(status_code=200).count() == 80
+
+
+def _kill_container(name: str) -> None:
+    import docker
+
+    docker.from_env().containers.get(name).kill()
