@@ -94,6 +94,23 @@ def fixture_copy(tmp_path):
     return _copy
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _docker_build_cache_cleanup():
+    """Dependency-stage images are shared by the tests of a run, then removed with it."""
+    try:
+        import docker
+
+        client = docker.from_env(timeout=5)
+        before = {i.id for i in client.images.list(filters={"label": "portal.stage=deps"})}
+    except Exception:  # noqa: BLE001 - no docker: nothing to clean
+        yield
+        return
+    yield
+    for image in client.images.list(filters={"label": "portal.stage=deps"}):
+        if image.id not in before:
+            client.images.remove(image.id, force=True)
+
+
 # --------------------------------------------------------------------------- real worker
 
 

@@ -42,9 +42,9 @@
   const latency = new Chart(document.getElementById("chart-latency"), {
     type: "line",
     data: { labels: [], datasets: [
-      { label: "p50", data: [], borderColor: accent, backgroundColor: accent, spanGaps: true, pointRadius: 0, tension: 0.2 },
-      { label: "p95", data: [], borderColor: warn, backgroundColor: warn, spanGaps: true, pointRadius: 0, tension: 0.2 },
-      { label: "p99", data: [], borderColor: bad, backgroundColor: bad, spanGaps: true, pointRadius: 0, tension: 0.2 },
+      { label: "p50", data: [], borderColor: accent, backgroundColor: accent, spanGaps: true, pointRadius: 2, tension: 0.2 },
+      { label: "p95", data: [], borderColor: warn, backgroundColor: warn, spanGaps: true, pointRadius: 2, tension: 0.2 },
+      { label: "p99", data: [], borderColor: bad, backgroundColor: bad, spanGaps: true, pointRadius: 2, tension: 0.2 },
     ] },
     options: common,
   });

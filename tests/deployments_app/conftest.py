@@ -1,6 +1,6 @@
-"""Fixtures shared by the deployment tests: docker leftovers are removed after each test."""
+"""Fixtures shared by the deployment tests: docker leftovers are removed after each test.
 
-from tests.deployments_app.test_lifecycle import (  # noqa: F401 - pytest finds fixtures by name
-    _docker_build_cache_cleanup,
-    cleanup_docker,
-)
+(The session-wide removal of dependency-stage images lives in tests/conftest.py.)
+"""
+
+from tests.deployments_app.test_lifecycle import cleanup_docker  # noqa: F401 - fixture by name

@@ -7,6 +7,9 @@ scale, update, roll back, survive a killed replica, stop, start, delete. The sam
 
 from __future__ import annotations
 
+import json
+import threading
+import time
 import uuid
 from http import HTTPStatus
 
@@ -17,7 +20,9 @@ import pytest
 
 from deployments_app import services
 from deployments_app.models import Build, Deployment, Replica
+from deployments_app.predict import keys
 from deployments_app.runtimes import get_runtime
+from portal.audit import Actor
 from portal.models import AuditEvent
 from tests.conftest import FIXTURE_DIR, upload_and_wait_ready, wait_for
 from tests.services import require
@@ -36,25 +41,8 @@ def _docker_or_skip():
     return client
 
 
-@pytest.fixture(scope="session")
-def _docker_build_cache_cleanup():
-    """Dependency-stage images are shared by the tests of a run, then removed with it."""
-    try:
-        import docker
-
-        client = docker.from_env(timeout=5)
-        before = {i.id for i in client.images.list(filters={"label": "portal.stage=deps"})}
-    except Exception:  # noqa: BLE001 - no docker: nothing to clean
-        yield
-        return
-    yield
-    for image in client.images.list(filters={"label": "portal.stage=deps"}):
-        if image.id not in before:
-            client.images.remove(image.id, force=True)
-
-
 @pytest.fixture
-def cleanup_docker(_docker_build_cache_cleanup):
+def cleanup_docker():
     names: list[str] = []
     yield names
     client = _docker_or_skip()
@@ -64,6 +52,41 @@ def cleanup_docker(_docker_build_cache_cleanup):
     for name in names:
         for image in client.images.list(name=f"portal-model/{name}"):
             client.images.remove(image.id, force=True)
+
+
+class _ClientLoop(threading.Thread):
+    """Calls the portal's proxy in a loop (its own DB connection) and records every answer."""
+
+    def __init__(self, name: str, key: str, rows) -> None:
+        super().__init__(daemon=True)
+        self.name, self.key, self.rows = name, key, rows
+        self.calls, self.failures, self.versions = 0, [], set()
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        from django.db import connection
+        from django.test import Client
+
+        client = Client()
+        try:
+            while not self._stop_event.is_set():
+                response = client.post(
+                    f"/api/v1/deployments/{self.name}/predict",
+                    data=json.dumps({"instances": self.rows}),
+                    content_type="application/json",
+                    HTTP_AUTHORIZATION=f"Bearer {self.key}",
+                )
+                self.calls += 1
+                if response.status_code != 200:
+                    self.failures.append((response.status_code, response.content[:200]))
+                else:
+                    self.versions.add(response.json()["version"])
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=30)
 
 
 def _wait_state(name: str, states: tuple[str, ...], timeout: float = 900) -> Deployment:
@@ -177,20 +200,34 @@ def test_full_lifecycle(
     )
     assert _predict_each_replica(name, entry["input_example"], entry["expected_predict"]) == 2
 
-    # update to v2: new replicas start, traffic switches, the old ones go
-    client.post(
-        f"/api/v1/deployments/{name}/actions", {"action": "update", "version": 2}, format="json"
+    # update to v2 while a client keeps calling the proxy: no call may fail
+    _, raw_key = keys.api_key_create(
+        user=client.user, actor=Actor.system(), name="loop", deployment_names=[name]
     )
-    wait_for(
-        lambda: Deployment.objects.get(pk=deployment.pk).version_id == v2.pk,
-        timeout=600,
-        what="switch to v2",
-    )
-    wait_for(
-        lambda: {s.version for s in runtime_backend.list_replicas(name)} == {2},
-        timeout=120,
-        what="old replicas removed",
-    )
+    loop = _ClientLoop(name, raw_key, entry["input_example"])
+    loop.start()
+    try:
+        client.post(
+            f"/api/v1/deployments/{name}/actions",
+            {"action": "update", "version": 2},
+            format="json",
+        )
+        wait_for(
+            lambda: Deployment.objects.get(pk=deployment.pk).version_id == v2.pk,
+            timeout=600,
+            what="switch to v2",
+        )
+        wait_for(
+            lambda: {s.version for s in runtime_backend.list_replicas(name)} == {2},
+            timeout=120,
+            what="old replicas removed",
+        )
+        time.sleep(1)
+    finally:
+        loop.stop()
+    assert loop.versions == {1, 2}, loop.versions  # it really ran across the switch
+    assert loop.failures == [], loop.failures[:5]
+    assert loop.calls > 10
     assert _predict_each_replica(name, entry["input_example"], entry["expected_predict"]) == 2
 
     # roll back to v1 without rebuilding (its build is kept)

@@ -237,20 +237,22 @@ def test_reconcile_task_stamps_its_last_run(monkeypatch, role_client, one_worker
 
 
 @pytest.mark.django_db
-def test_queue_length_is_read_from_redis(monkeypatch, one_worker):
+def test_queue_length_is_read_from_redis(one_worker):
     require(dj_settings.CELERY_BROKER_URL.startswith("redis://"), "a Redis broker")
     import redis
 
     from portal.celery import app
 
     queue = f"portal-test-queue-{uuid.uuid4().hex[:8]}"
-    monkeypatch.setattr(app.conf, "task_default_queue", queue)
+    old_queue = app.conf.task_default_queue
+    app.conf.task_default_queue = queue
     client = redis.Redis.from_url(dj_settings.CELERY_BROKER_URL)
     try:
         client.rpush(queue, "a", "b", "c")
         health = selectors.worker_health()
     finally:
         client.delete(queue)
+        app.conf.task_default_queue = old_queue
     assert health["queue"] == queue
     assert health["queue_length"] == 3
 
