@@ -171,8 +171,10 @@ class PredictionLog(models.Model):
     """One row per prediction call, answered or refused, written before the answer leaves."""
 
     created_at = models.DateTimeField(db_index=True)
+    # No database constraint: a log row is history, written on the hot path from a briefly
+    # cached view of the deployment, and must never fail because the row was just deleted.
     deployment = models.ForeignKey(
-        Deployment, null=True, on_delete=models.SET_NULL, related_name="+"
+        Deployment, null=True, on_delete=models.DO_NOTHING, related_name="+", db_constraint=False
     )
     deployment_name = models.CharField(max_length=63, db_index=True)
     model_name = models.CharField(max_length=63, blank=True)

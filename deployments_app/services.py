@@ -24,6 +24,7 @@ from models_app.models import ModelVersion
 from models_app.storage import artifact_path
 from portal.audit import Actor, audit_record
 from portal.errors import ApplicationError, ConflictError
+from portal.heartbeat import beating
 
 log = logging.getLogger(__name__)
 State = Deployment.State
@@ -397,6 +398,13 @@ def deployment_deploy(*, deployment_id: int, request_id: str = "", restart: bool
     if not claimed:
         return
     deployment = Deployment.objects.select_related("version__model").get(pk=deployment_id)
+    # Log lines beat too, but a docker build step can be silent for minutes.
+    beat = Deployment.objects.filter(pk=deployment_id, state__in=Deployment.ACTIVE_STATES)
+    with beating(lambda: beat.update(heartbeat_at=timezone.now()), name=deployment.name):
+        _deploy_claimed(deployment, request_id=request_id, restart=restart)
+
+
+def _deploy_claimed(deployment: Deployment, *, request_id: str, restart: bool) -> None:
     _event(deployment, f"building image for v{deployment.version.number}", State.BUILDING)
     version = deployment.version
     try:

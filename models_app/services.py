@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
-import logging
 import math
-import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F, Max, Q
 from django.utils import timezone
 
@@ -23,9 +20,9 @@ from models_app.models import NAME_VALIDATOR, ModelAlias, ModelVersion, Register
 from models_app.storage import artifact_path, artifact_store
 from portal.audit import Actor, audit_record
 from portal.errors import ApplicationError, ConflictError, NotFoundError, PermissionDeniedError
+from portal.heartbeat import beating
 
 MAX_EXAMPLE_ROWS = 100
-log = logging.getLogger(__name__)
 
 
 def parse_input_example(text: str) -> tuple[list[Any] | None, list[str] | None]:
@@ -174,37 +171,6 @@ def _claimable() -> Q:
     )
 
 
-@contextlib.contextmanager
-def _validation_heartbeat(version_id: int) -> Iterator[None]:
-    """Bump the heartbeat while the pipeline runs, so the reconciler tells slow from dead.
-
-    A thread, because the slow steps (building an environment, the sandbox) block for
-    minutes without calling back.
-    """
-    stop = threading.Event()
-    interval = max(1.0, settings.PORTAL_STALE_SECONDS / 4)
-
-    def beat() -> None:
-        try:
-            while not stop.wait(interval):
-                try:
-                    ModelVersion.objects.filter(
-                        pk=version_id, status=ModelVersion.Status.VALIDATING
-                    ).update(validation_heartbeat_at=timezone.now())
-                except Exception:  # noqa: BLE001 - a missed beat only risks a needless retry
-                    log.warning("validation heartbeat of version %s failed", version_id)
-        finally:
-            connection.close()  # this thread's own connection
-
-    thread = threading.Thread(target=beat, name=f"validation-heartbeat-{version_id}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
 def model_version_validate(*, version_id: int, request_id: str = "") -> ModelVersion | None:
     """Run the validation pipeline on a version. Safe to call again after a crash.
 
@@ -235,7 +201,8 @@ def model_version_validate(*, version_id: int, request_id: str = "") -> ModelVer
         return version  # finished, gone, or being validated by a live worker
     version = ModelVersion.objects.select_related("model").get(pk=version_id)
     example = version.input_example or {}
-    with _validation_heartbeat(version.pk):
+    beat = ModelVersion.objects.filter(pk=version.pk, status=ModelVersion.Status.VALIDATING)
+    with beating(lambda: beat.update(validation_heartbeat_at=timezone.now()), name=str(version)):
         outcome = validate_artifact(
             path=artifact_path(version.artifact_sha256),
             declared_sklearn_version=version.declared_sklearn_version,

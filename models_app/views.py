@@ -6,7 +6,7 @@ from django.contrib import messages
 from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.views.decorators.csrf import csrf_protect
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_POST
 
 from models_app import selectors, services
@@ -77,13 +77,19 @@ def version_download(request: HttpRequest, name: str, number: int) -> FileRespon
     )
 
 
-@csrf_protect
-@capability_required("upload")
+@csrf_exempt  # checked by _upload_page: the CSRF check reads the body, so it must come after
+@capability_required("upload")  # the size-limited upload handler is installed
 def model_upload(request: HttpRequest) -> HttpResponse:
     """Upload page. The page's script posts with XHR (progress bar) and expects JSON back."""
-    wants_json = request.headers.get("Accept", "").startswith("application/json")
     if request.method == "POST":
         install_upload_limit(request)
+    return _upload_page(request)
+
+
+@csrf_protect
+def _upload_page(request: HttpRequest) -> HttpResponse:
+    wants_json = request.headers.get("Accept", "").startswith("application/json")
+    if request.method == "POST":
         if upload_too_large(request):
             error = f"The file is larger than the limit of {services.max_upload_mb()} MB."
             if wants_json:

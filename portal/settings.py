@@ -48,6 +48,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI served from our static files, not a CDN
     "portal",
     "models_app",
     "deployments_app",
@@ -241,6 +242,15 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Upload, validate, deploy and call scikit-learn models.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    "ENUM_NAME_OVERRIDES": {
+        "VersionStatusEnum": "models_app.models.ModelVersion.Status",
+        "BuildStatusEnum": "deployments_app.models.Build.Status",
+    },
+    # The schema and its docs page are public: they describe the API, they hold no data.
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 LOGGING = {

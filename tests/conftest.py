@@ -25,9 +25,19 @@ ROLES = ("viewer", "deployer", "approver", "admin")
 
 
 @pytest.fixture(autouse=True)
+def _fresh_proxy_cache():
+    """The proxy caches deployments per process for a second; tests recreate rows often."""
+    from deployments_app.predict import proxy
+
+    proxy._targets.clear()
+
+
+@pytest.fixture(autouse=True)
 def _isolated_storage(settings, tmp_path):
     """Every test gets its own artifact store and upload dir; env and wheel caches are shared."""
     settings.PORTAL_ARTIFACT_DIR = tmp_path / "artifacts"
+    # Password hashing is not what these tests measure; PBKDF2 would dominate their time.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.PORTAL_UPLOAD_TMP_DIR = tmp_path / "uploads"
     settings.FILE_UPLOAD_TEMP_DIR = str(tmp_path / "uploads")
     (tmp_path / "uploads").mkdir()

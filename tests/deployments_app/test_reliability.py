@@ -57,7 +57,7 @@ def _forget_queue(queue: str) -> None:
 
     client = redis.Redis.from_url(url)
     try:
-        client.delete(queue, f"_kombu.binding.{queue}")
+        client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
         for tag, payload in client.hgetall("unacked").items():
             with contextlib.suppress(ValueError, TypeError, IndexError):
                 _message, exchange, routing_key = json.loads(payload)
@@ -351,12 +351,11 @@ def test_worker_killed_during_a_build_is_recovered_by_the_reconciler_and_a_new_w
 
     final = _reconcile_until(settled, timeout=900, what=f"{name} to settle after the crash")
 
-    assert final.state in ("running", "failed"), final.state
+    history = [e.message for e in final.events.all()]
+    assert final.state in ("running", "failed"), (final.state, history)
     assert not Deployment.objects.filter(state__in=("pending", "building", "starting")).exists()
     assert not Build.objects.filter(deployment=final, status="building").exists()
-    assert DeploymentEvent.objects.filter(
-        deployment=final, message__contains="no progress in building"
-    ).exists()
+    assert any("no progress in building" in m and "retrying" in m for m in history), history
     assert final.work_attempts in (0, 2, 3)  # reset to 0 once running
     if final.state == "running":
         assert _predict_each_replica(name, entry["input_example"], entry["expected_predict"]) == 1
