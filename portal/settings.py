@@ -242,6 +242,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Upload, validate, deploy and call scikit-learn models.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "deployments_app.predict.openapi.add_prediction_paths",
+    ],
     "ENUM_NAME_OVERRIDES": {
         "VersionStatusEnum": "models_app.models.ModelVersion.Status",
         "BuildStatusEnum": "deployments_app.models.Build.Status",

@@ -116,9 +116,12 @@ def _docker_build_cache_cleanup():
         yield
         return
     yield
-    for image in client.images.list(filters={"label": "portal.stage=deps"}):
-        if image.id not in before:
-            client.images.remove(image.id, force=True)
+    # An image in use or removed by a concurrent run on this machine is that run's business.
+    with contextlib.suppress(docker.errors.APIError):
+        for image in client.images.list(filters={"label": "portal.stage=deps"}):
+            if image.id not in before:
+                with contextlib.suppress(docker.errors.APIError):
+                    client.images.remove(image.id, force=True)
 
 
 # --------------------------------------------------------------------------- real worker
