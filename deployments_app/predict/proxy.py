@@ -30,18 +30,20 @@ class Target:
     capture_percent: int
     endpoints: list[tuple[str, str]]  # (replica name, base URL)
     loaded_at: float = field(default_factory=time.monotonic)
-    _cycle: Any = None
 
     def next_endpoints(self) -> list[tuple[str, str]]:
-        """All healthy endpoints, starting at the next one in round-robin order."""
+        """All healthy endpoints, starting at the next one in round-robin order.
+
+        The counter lives per deployment name, not per cached Target, so refreshing the
+        replica list does not send the next call to the first replica again.
+        """
         if not self.endpoints:
             return []
-        if self._cycle is None:
-            self._cycle = itertools.count()
-        start = next(self._cycle) % len(self.endpoints)
+        start = next(_counters.setdefault(self.name, itertools.count())) % len(self.endpoints)
         return self.endpoints[start:] + self.endpoints[:start]
 
 
+_counters: dict[str, itertools.count] = {}
 _targets: dict[str, Target] = {}
 _lock = threading.Lock()
 _client: httpx.Client | None = None
@@ -112,6 +114,7 @@ class Forwarded:
 def forward(target: Target, payload: bytes) -> Forwarded:
     """POST to one healthy replica; on a refused connection try the next, then refresh once."""
     tried: set[str] = set()
+    timed_out: UpstreamError | None = None
     for attempt in range(2):
         for replica, base in target.next_endpoints():
             if replica in tried:
@@ -123,9 +126,11 @@ def forward(target: Target, payload: bytes) -> Forwarded:
                     f"{base}/predict", content=payload, headers={"Content-Type": "application/json"}
                 )
             except httpx.TimeoutException as exc:
-                raise UpstreamError(
+                # Predictions are pure: another replica may answer what this one did not.
+                timed_out = UpstreamError(
                     504, f"the model did not answer in time ({exc.__class__.__name__})", replica
-                ) from exc
+                )
+                continue
             except httpx.TransportError:
                 continue  # refused or reset: this replica is gone, try another
             upstream_ms = (time.perf_counter() - started) * 1000
@@ -142,4 +147,6 @@ def forward(target: Target, payload: bytes) -> Forwarded:
             raise UpstreamError(502, f"the model failed: {message}", replica)
         if attempt == 0:
             target = get_target(target.name, fresh=True) or target
+    if timed_out is not None:
+        raise timed_out
     raise UpstreamError(503, "no healthy replica could take the request")

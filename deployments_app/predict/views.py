@@ -6,17 +6,21 @@ exactly: authenticate, find the deployment, check the input, forward, log, answe
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import logging
 import random
 import time
 from typing import Any
 
 from django.conf import settings
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
+from redis.exceptions import RedisError
 
 from deployments_app.models import Deployment, PredictionLog
 from deployments_app.predict import keys, metrics
@@ -25,6 +29,7 @@ from deployments_app.predict.proxy import Target, UpstreamError, forward, get_ta
 from portal.audit import client_ip
 from portal.roles import user_can
 
+log = logging.getLogger(__name__)
 RUNNING_STATES = (Deployment.State.RUNNING, Deployment.State.DEGRADED)
 
 
@@ -202,7 +207,31 @@ def _run(call: Call, parse) -> tuple[Target, dict[str, Any], ParsedInput]:
     return target, result.body, parsed
 
 
+def _unavailable_guard(view):
+    """Database or cache down: a clear 503, never a 500, and never an unlogged answer."""
+
+    @functools.wraps(view)
+    def wrapper(request: HttpRequest, name: str) -> HttpResponse:
+        try:
+            return view(request, name)
+        except (DatabaseError, RedisError) as exc:
+            log.warning("prediction refused, backing store unavailable: %s", exc)
+            response = JsonResponse(
+                {
+                    "error": "the portal cannot record calls right now (database or cache "
+                    "unavailable); retry shortly",
+                    "request_id": getattr(request, "request_id", ""),
+                },
+                status=503,
+            )
+            response["Retry-After"] = "5"
+            return response
+
+    return wrapper
+
+
 @csrf_exempt  # API keys are not cookies; session callers are CSRF-checked in _authenticate
+@_unavailable_guard
 def predict(request: HttpRequest, name: str) -> HttpResponse:
     call = Call(request, name)
     if request.method != "POST":
@@ -292,6 +321,7 @@ def _datatype(values: list[Any]) -> str:
 
 
 @csrf_exempt
+@_unavailable_guard
 def v2_infer(request: HttpRequest, name: str) -> HttpResponse:
     call = Call(request, name)
     if request.method != "POST":

@@ -436,6 +436,105 @@ def test_metrics_are_exposed_to_loopback_only(client, world, key_for, settings):
 # --------------------------------------------------------------------------- forwarding
 
 
+# --------------------------------------------------------------------------- faults and load
+
+
+def test_cache_outage_answers_503_not_500(client, world, key_for, settings):
+    house, _ = world["house"]
+    key = key_for(house)
+    # A real Redis client against a port where nothing listens.
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",
+        }
+    }
+    response = _post(client, house.name, {"features": [1500, 3, 2]}, key)
+    assert response.status_code == HTTPStatus.SERVICE_UNAVAILABLE
+    assert response["Retry-After"] == "5"
+    assert "retry" in response.json()["error"]
+
+
+def test_database_failure_while_logging_answers_503_not_an_unlogged_200(
+    client, world, key_for, monkeypatch
+):
+    from django.db import OperationalError
+
+    house, _ = world["house"]
+    key = key_for(house)
+
+    def broken(*args, **kwargs):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(PredictionLog.objects, "create", broken)
+    response = _post(client, house.name, {"features": [1500, 3, 2]}, key)
+    assert response.status_code == HTTPStatus.SERVICE_UNAVAILABLE
+
+
+def test_a_hanging_replica_is_bypassed_and_all_hanging_times_out(client, world, key_for, settings):
+    import time
+
+    import docker
+
+    house, _ = world["house"]
+    key = key_for(house)
+    settings.PORTAL_PREDICT_READ_TIMEOUT = 1.0
+    proxy._client = None  # rebuild the pool with the short timeout
+    containers = [
+        docker.from_env().containers.get(r.name)
+        for r in Replica.objects.filter(deployment=house).order_by("index")
+    ]
+
+    def timed_calls(n):
+        codes, slowest = [], 0.0
+        for _ in range(n):
+            started = time.monotonic()
+            codes.append(_post(client, house.name, {"features": [1500, 3, 2]}, key).status_code)
+            slowest = max(slowest, time.monotonic() - started)
+        return codes, slowest
+
+    containers[0].pause()  # accepts connections, never answers
+    try:
+        codes, slowest = timed_calls(4)
+        assert codes == [200] * 4  # the other replica answers after a 1 s timeout
+        assert slowest < 5
+        containers[1].pause()
+        codes, slowest = timed_calls(2)
+        assert codes == [HTTPStatus.GATEWAY_TIMEOUT] * 2
+        assert slowest < 5  # bounded: one timeout per replica, never a hang
+    finally:
+        for c in containers:
+            c.reload()
+            if c.status == "paused":
+                c.unpause()
+        proxy._client = None
+    assert PredictionLog.objects.filter(status_code=504).count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_bounded_load_two_replicas_zero_5xx_and_every_answer_logged(live_server, world, key_for):
+    house, _ = world["house"]
+    key = key_for(house)
+    url = f"{live_server.url}/api/v1/deployments/{house.name}/predict"
+    total = 2000
+
+    with httpx.Client(timeout=30, limits=httpx.Limits(max_connections=32)) as http:
+
+        def call(i):
+            return http.post(
+                url,
+                json={"features": [1000 + i % 500, 3, 2]},
+                headers={"Authorization": f"Bearer {key}"},
+            ).status_code
+
+        with concurrent.futures.ThreadPoolExecutor(32) as pool:
+            codes = list(pool.map(call, range(total)))
+    assert codes.count(200) == total, {c: codes.count(c) for c in set(codes)}
+    assert PredictionLog.objects.filter(status_code=200).count() == total
+    replicas = set(PredictionLog.objects.values_list("replica", flat=True))
+    assert len(replicas) == 2  # round robin used both
+
+
 @pytest.mark.django_db(transaction=True)
 def test_failover_when_a_replica_is_killed_and_burst_is_fully_logged(live_server, world, key_for):
     house, _ = world["house"]
