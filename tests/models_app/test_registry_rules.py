@@ -199,3 +199,27 @@ def test_moving_an_alias_records_from_and_to(api_client, make_user):
     last = AuditEvent.objects.filter(action="model_alias.set").order_by("-id").first()
     assert last.details == {"alias": "staging", "from_version": 1, "to_version": 2}
     assert ModelAlias.objects.get(name="staging").version.number == 2
+
+
+@pytest.mark.security
+def test_disk_full_while_uploading_gives_a_clean_error_and_no_half_written_version(
+    settings, api_client, tmp_path
+):
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs to fill needs root (the test command runs as root)")
+    store = tmp_path / "small-store"
+    store.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(store)], check=True)
+    try:
+        settings.PORTAL_ARTIFACT_DIR = store
+        response = _upload(api_client("deployer"), "full", b"\x80\x04" + os.urandom(3 * 1024**2))
+        assert response.status_code == HTTPStatus.BAD_REQUEST
+        assert "full" in response.json()["error"]
+        assert not ModelVersion.objects.exists()
+        leftovers = [p for p in store.rglob("*") if p.is_file()]
+        assert leftovers == []
+    finally:
+        subprocess.run(["umount", str(store)], check=True)
