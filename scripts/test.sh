@@ -12,8 +12,8 @@ export CELERY_BROKER_URL=${CELERY_BROKER_URL:-$REDIS_URL}
 export PORTAL_BASE_IMAGE=${PORTAL_BASE_IMAGE:-portal-base:bookworm}
 export PORTAL_RUNTIME=${PORTAL_RUNTIME:-docker}
 # Per-version virtual environments and wheels are a cache, like pip's: kept between runs.
-export PORTAL_ENV_CACHE=${PORTAL_ENV_CACHE:-/var/cache/model-portal/envs}
-export PORTAL_WHEELHOUSE=${PORTAL_WHEELHOUSE:-/var/cache/model-portal/wheels}
+export PORTAL_ENV_CACHE=${PORTAL_ENV_CACHE:-/opt/model-portal/envs}
+export PORTAL_WHEELHOUSE=${PORTAL_WHEELHOUSE:-/opt/model-portal/wheels}
 # A missing service fails the run instead of skipping its tests.
 export PORTAL_REQUIRE_SERVICES=1
 

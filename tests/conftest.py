@@ -234,7 +234,13 @@ def worker_factory(django_db_setup, django_db_blocker, tmp_path_factory):
         if dj_settings.CELERY_BROKER_URL.startswith("redis://"):
             import redis
 
-            redis.Redis.from_url(dj_settings.CELERY_BROKER_URL).delete(queue)
+            r = redis.Redis.from_url(dj_settings.CELERY_BROKER_URL)
+            r.delete(queue)
+            # kombu's exchange bindings name the queue: drop ours, keep everyone else's.
+            for binding in r.scan_iter("_kombu.binding.*"):
+                for member in r.smembers(binding):
+                    if queue.encode() in member:
+                        r.srem(binding, member)
 
 
 @pytest.fixture(scope="session")

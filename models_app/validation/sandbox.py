@@ -75,6 +75,7 @@ MAX_REPORT_BYTES = 4 * 1024 * 1024
 MAX_STDERR_BYTES = 64 * 1024
 SANDBOX_UID_RANGE = (200_000, 299_999)
 PASS_THROUGH_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
 
 
@@ -223,6 +224,9 @@ def _make_preexec(limits: dict[int, tuple[int, int]]):
             resource.setrlimit(res, (soft, hard))
         if prctl is not None:
             prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+            # A worker killed mid-validation takes its sandbox with it (nobody else would
+            # enforce the timeout any more).
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
     return preexec
 
