@@ -4,3 +4,7 @@
 """
 
 from tests.deployments_app.test_lifecycle import cleanup_docker  # noqa: F401 - fixture by name
+from tests.deployments_app.test_reliability import (  # noqa: F401, E402 - fixtures by name
+    crash_workers,
+    own_containers,
+)
