@@ -39,6 +39,7 @@ import hashlib
 import json
 import os
 import pstats
+import resource
 import secrets
 import shutil
 import signal
@@ -165,6 +166,29 @@ def rss_mb(pid: int) -> float:
     return total
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of processes and all their descendants."""
+    total, todo, tick = 0.0, list(pids), os.sysconf("SC_CLK_TCK")
+    while todo:
+        current = todo.pop()
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+    return total
+
+
+def pids_named(name: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_text().strip() == name:
+                    found.append(int(entry.name))
+    return found
+
+
 def psql(sql: str, dbname: str = "postgres") -> None:
     env = dict(os.environ, PGPASSWORD=PG["password"])
     subprocess.run(
@@ -231,6 +255,7 @@ def run_wrk(url: str, script: Path, conc: int, duration: float) -> dict[str, flo
         "--timeout",
         "5s",
     ]
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(
         [*argv, "-s", str(script), url],
         capture_output=True,
@@ -243,6 +268,8 @@ def run_wrk(url: str, script: Path, conc: int, duration: float) -> dict[str, flo
             r = json.loads(line.removeprefix("BENCH_RESULT "))
             r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
             r["p50"], r["p99"] = r["p50_us"] / 1000, r["p99_us"] / 1000
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            r["wrk_cpu_s"] = (after.ru_utime + after.ru_stime) - (usage.ru_utime + usage.ru_stime)
             return r
     raise WrkError(f"wrk exited with {proc.returncode}: {proc.stdout[-500:]} {proc.stderr[-500:]}")
 
@@ -523,6 +550,23 @@ class Bench:
         time.sleep(1.5)  # the proxy's view of the replicas is cached for 1 s per process
         return True
 
+    def cpu_groups(self) -> dict[str, list[int]]:
+        """Processes whose CPU time is charged per request (postgres: every backend)."""
+        groups = {name: [proc.pid] for name, proc in self.procs}
+        groups["postgres"] = pids_named("postgres")
+        groups["redis"] = pids_named("redis-server")
+        if self.runtime is not None and self.runtime.name == "docker" and self.replicas:
+            with contextlib.suppress(Exception):
+                from deployments_app.runtimes.docker_runtime import client
+
+                c = client()
+                try:
+                    pid = c.containers.get(self.replicas[0]).attrs["State"]["Pid"]
+                    groups["container"] = [pid] if pid else []
+                finally:
+                    c.close()
+        return groups
+
     def create_rows(self, outcome: Any, replica: str, endpoint: str) -> tuple[str, str]:
         """Model, version, running deployment, replica, deployer and API key: (name, key)."""
         from django.contrib.auth import get_user_model
@@ -661,6 +705,8 @@ def measure(
     def point(label: str, conc: int, duration: int, keep: bool = True) -> dict | None:
         for _attempt in range(3):
             bench.ensure_replica()
+            groups = bench.cpu_groups()
+            before = {g: cpu_seconds(p) for g, p in groups.items()}
             url, script = targets()[label]
             try:
                 r = run_wrk(url, script, conc, duration)
@@ -671,6 +717,11 @@ def measure(
             if label == "proxy" and keep:
                 results["proxy_runs"].append(r)
             if r["other"] == 0 and r["socket_errors"] == 0 and probe(bench.endpoint):
+                r["cpu_ms"] = {
+                    g: (cpu_seconds(p) - before[g]) * 1000 / max(1, r["sent"])
+                    for g, p in groups.items()
+                }
+                r["cpu_ms"]["wrk"] = r["wrk_cpu_s"] * 1000 / max(1, r["sent"])
                 return r
             alive = probe(bench.endpoint)
             log(
@@ -743,8 +794,9 @@ def check_log_count(results: dict[str, Any], ids_path: Path) -> bool:
         )
     verdict = "OK" if good else "MISMATCH"
     print(
-        f"  [{verdict}: rows {n_rows:,} = 2xx answers {ok:,} + in-flight {len(extra)}; "
-        f"no answer without its row]"
+        f"  [{verdict}: rows {n_rows:,} = 2xx answers {ok:,} + in-flight {len(extra)}"
+        + (f" + other statuses {not_200}" if not_200 else "")
+        + "; no answer without its row]"
     )
     return good
 
@@ -923,7 +975,9 @@ def profile_proxy(name: str, raw_key: str, endpoint: str, n: int, log_file: Path
         ("8 other middleware (security, whitenoise, session, csrf, auth, ...) -> none",
          lambda: bare_settings, bare_call),
     ]  # fmt: skip
+    cpu_started = time.process_time()
     full = per_call(call, n)
+    cpu_per_call = (time.process_time() - cpu_started) / (max(1, n // 5) * 5) * 1e6
     saved = [(label, paired_saving(call, v, vc, n)) for label, v, vc in ablations]
     with contextlib.ExitStack() as stack:
         for _, variant, _vc in ablations[:5]:
@@ -957,14 +1011,17 @@ def profile_proxy(name: str, raw_key: str, endpoint: str, n: int, log_file: Path
         2000,
     )
 
-    # cProfile: cumulative time of the parts of the path.
-    prof = cProfile.Profile()
-    prof.enable()
-    for _ in range(n):
-        call()
-    prof.disable()
+    # cProfile, twice: wall-clock time, then CPU time (what limits throughput).
+    profiles = []
+    for timer in (time.perf_counter, time.process_time):
+        prof = cProfile.Profile(timer)
+        prof.enable()
+        for _ in range(n):
+            call()
+        prof.disable()
+        profiles.append(pstats.Stats(prof))
     sink.close()
-    stats = pstats.Stats(prof)
+    stats, cpu_stats = profiles
     parts = [
         ("whole test-client request", "django/test/client.py", "post"),
         ("Django handler + middleware", "django/core/handlers/base.py", "get_response"),
@@ -983,13 +1040,19 @@ def profile_proxy(name: str, raw_key: str, endpoint: str, n: int, log_file: Path
         ("redis.Redis.execute_command (all)", "redis/client.py", "execute_command"),
         ("logging: Logger.info (all)", "logging/__init__.py", "info"),
     ]
-    found = []
-    for label, filename, func in parts:
+
+    def cumulative(st: pstats.Stats, filename: str, func: str) -> tuple[float, int]:
         best = (0.0, 0)
-        for (file, _line, fn), (_cc, nc, _tt, cum, _callers) in stats.stats.items():
+        for (file, _line, fn), (_cc, nc, _tt, cum, _callers) in st.stats.items():
             if fn == func and file.endswith(filename):
                 best = max(best, (cum, nc))
-        found.append((label, best[0] / n * 1e6, best[1] / n))
+        return best
+
+    found = []
+    for label, filename, func in parts:
+        wall, calls = cumulative(stats, filename, func)
+        cpu, _ = cumulative(cpu_stats, filename, func)
+        found.append((label, wall / n * 1e6, cpu / n * 1e6, calls / n))
 
     print()
     print(f"## Profile of the proxy path (in-process, Django test Client, {n} calls per figure)")
@@ -1001,7 +1064,10 @@ def profile_proxy(name: str, raw_key: str, endpoint: str, n: int, log_file: Path
         f"statements through Django ({', '.join(sorted(set(pg_statements)))}) + 1 health-check "
         "SELECT 1 (CONN_HEALTH_CHECKS)"
     )
-    print(f"whole call: {full:.0f} us; with the first five parts below as no-ops: {rest:.0f} us")
+    print(
+        f"whole call: {full:.0f} us wall, {cpu_per_call:.0f} us CPU of this one thread; "
+        f"with the first five parts below as no-ops: {rest:.0f} us"
+    )
     print()
     print("| change (paired batches, median) | saves per call |")
     print("|---|---:|")
@@ -1017,16 +1083,17 @@ def profile_proxy(name: str, raw_key: str, endpoint: str, n: int, log_file: Path
     print(f"| PredictionLog.objects.create (INSERT + commit) | {insert:.0f} us |")
     print(f"| httpx POST to the container /predict | {httpx_post:.0f} us |")
     print()
-    print("| cProfile (inflates Python-heavy parts) | cumulative per call | calls per call |")
-    print("|---|---:|---:|")
-    for label, us, calls in found:
-        print(f"| {label} | {us:.0f} us | {calls:.2f} |")
-    print()
-    print("top 15 functions by own time (cProfile, per call):")
-    rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:15]
-    for (file, line, fn), (_cc, nc, tt, _ct, _callers) in rows:
-        where = file if file == "~" else "/".join(Path(file).parts[-2:])
-        print(f"  {tt / n * 1e6:7.1f} us  {nc / n:6.1f}x  {fn}  ({where}:{line})")
+    print("| cProfile (inflates Python-heavy parts) | wall, cumulative | CPU, cumulative | calls |")
+    print("|---|---:|---:|---:|")
+    for label, wall, cpu, calls in found:
+        print(f"| {label} | {wall:.0f} us | {cpu:.0f} us | {calls:.2f} |")
+    for title, st in (("wall", stats), ("CPU", cpu_stats)):
+        print()
+        print(f"top 15 functions by own {title} time (cProfile, per call):")
+        rows = sorted(st.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:15]
+        for (file, line, fn), (_cc, nc, tt, _ct, _callers) in rows:
+            where = file if file == "~" else "/".join(Path(file).parts[-2:])
+            print(f"  {tt / n * 1e6:7.1f} us  {nc / n:6.1f}x  {fn}  ({where}:{line})")
 
 
 # --------------------------------------------------------------------------- main
@@ -1147,6 +1214,19 @@ def main() -> int:
                 f"| {label} | {median(c1, 'p50'):.2f} ms | {median(c1, 'p99'):.2f} ms | "
                 f"{median(c16, 'rps'):,.0f} | {median(c16, 'p50'):.2f} ms | {memory} |"
             )
+        print()
+        print("CPU per request at c16 (ms, medians; postgres counts every backend on the host):")
+        print()
+        groups = ["wrk", "gunicorn", "container", "flask", "postgres", "redis"]
+        print("| target | " + " | ".join(groups) + " |")
+        print("|---|" + "---:|" * len(groups))
+        for key in labels:
+            runs = results[key]["c16"]
+            cells = []
+            for g in groups:
+                values = [r["cpu_ms"][g] for r in runs if g in r.get("cpu_ms", {})]
+                cells.append(f"{statistics.median(values):.2f}" if values else "-")
+            print(f"| {key} | " + " | ".join(cells) + " |")
         added = median(results["proxy"]["c1"], "p50") - median(results["container"]["c1"], "p50")
         ratio = median(results["proxy"]["c16"], "rps") / median(results["flask"]["c16"], "rps")
         share = median(results["proxy"]["c16"], "rps") / median(results["container"]["c16"], "rps")

@@ -9,6 +9,7 @@ versions need their own environments and are not served here.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import importlib.util
 import json
 import os
@@ -234,7 +235,10 @@ def _asgi_call(app, method: str, path: str, body: bytes = b"") -> tuple[int, dic
     async def send(message):
         sent.append(message)
 
-    asyncio.run(app(scope, receive, send))
+    # In a thread of its own: another test's library (Playwright's sync API) may leave an
+    # event loop running in the main thread, where asyncio.run() refuses to start.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, app(scope, receive, send)).result()
     return sent[0]["status"], json.loads(sent[1]["body"])
 
 
