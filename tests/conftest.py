@@ -27,9 +27,11 @@ ROLES = ("viewer", "deployer", "approver", "admin")
 @pytest.fixture(autouse=True)
 def _fresh_proxy_cache():
     """The proxy caches deployments per process for a second; tests recreate rows often."""
-    from deployments_app.predict import proxy
+    from deployments_app.predict import keys, proxy
 
     proxy._targets.clear()
+    keys._local.clear()
+    keys._last_used.clear()
 
 
 @pytest.fixture(autouse=True)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
@@ -118,7 +120,10 @@ def api_key_revoke(*, key: ApiKey, actor: Actor) -> ApiKey:
         )
         # Now, and again after commit: a check racing the commit may re-cache the old row.
         cache.delete(_cache_key(key.prefix))
-        transaction.on_commit(lambda: cache.delete(_cache_key(key.prefix)))
+        forget_local(key.prefix)
+        transaction.on_commit(
+            lambda: (cache.delete(_cache_key(key.prefix)), forget_local(key.prefix))
+        )
     return key
 
 
@@ -141,35 +146,82 @@ def _load(prefix: str) -> KeyInfo | None:
     )
 
 
-def key_check(raw: str) -> KeyInfo | None:
-    """The key's info when it is valid now; None for unknown, wrong, revoked or expired."""
-    parts = raw.split("_")
-    if len(parts) < 3 or parts[0] != "mp":
-        return None
-    prefix = parts[1]
+# Per-process memory of key checks: the hot path then costs no round trip at all. Revoking
+# clears this process's entry at once and the shared cache's; other processes follow within
+# LOCAL_SECONDS.
+LOCAL_SECONDS = 2.0
+_local: dict[str, tuple[float, KeyInfo]] = {}
+_last_used: dict[str, float] = {}
+
+
+def forget_local(prefix: str) -> None:
+    _local.pop(prefix, None)
+
+
+def _info(prefix: str) -> KeyInfo | None:
+    now = time.monotonic()
+    hit = _local.get(prefix)
+    if hit is not None and now - hit[0] < LOCAL_SECONDS:
+        return hit[1]
     info = cache.get(_cache_key(prefix))
     if info is None:
         info = _load(prefix)
         if info is None:
             return None
         cache.set(_cache_key(prefix), info, CACHE_SECONDS)
-    if not hmac.compare_digest(info.key_hash, _hash(raw)):
+    _local[prefix] = (now, info)
+    return info
+
+
+def key_check(raw: str) -> KeyInfo | None:
+    """The key's info when it is valid now; None for unknown, wrong, revoked or expired."""
+    parts = raw.split("_")
+    if len(parts) < 3 or parts[0] != "mp":
+        return None
+    prefix = parts[1]
+    info = _info(prefix)
+    if info is None or not hmac.compare_digest(info.key_hash, _hash(raw)):
         return None
     if info.revoked or not info.active_user:
         return None
     if info.expires_at is not None and info.expires_at <= timezone.now():
         return None
-    if cache.add(f"portal:apikey-used:{prefix}", 1, LAST_USED_EVERY):
+    now = time.monotonic()
+    if now - _last_used.get(prefix, -LAST_USED_EVERY) >= LAST_USED_EVERY:
+        _last_used[prefix] = now
         ApiKey.objects.filter(pk=info.id).update(last_used_at=timezone.now())
     return info
 
 
+_redis_client = None
+
+
+def _redis():
+    """One long-lived client (Django's RedisCache builds a new one for every command)."""
+    global _redis_client
+    if _redis_client is None and settings.REDIS_URL:
+        import redis
+
+        _redis_client = redis.Redis.from_url(
+            settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2
+        )
+    return _redis_client
+
+
 def rate_limited(info: KeyInfo) -> int:
-    """0 when the call may go on, else the seconds to wait (fixed one-minute windows)."""
-    now = int(timezone.now().timestamp())
-    window = now // 60
-    counter = f"portal:rate:{info.prefix}:{window}"
-    if cache.add(counter, 1, 70):
+    """0 when the call may go on, else the seconds to wait (fixed one-minute windows).
+
+    With Redis: one pipelined INCR + EXPIRE, shared by every process and host.
+    """
+    now = int(time.time())
+    counter = f"portal:rate:{info.prefix}:{now // 60}"
+    client = _redis()
+    if client is not None:
+        pipe = client.pipeline(transaction=False)
+        pipe.incr(counter)
+        pipe.expire(counter, 70)
+        count = pipe.execute()[0]
+    elif cache.add(counter, 1, 70):
         count = 1
     else:
         try:
