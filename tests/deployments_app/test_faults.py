@@ -52,10 +52,10 @@ def test_redis_restarted_during_a_deployment_still_ends_running(
     name = f"redis-fault-{uuid.uuid4().hex[:6]}"
     own_containers.append(name)
     client = api_client("deployer")
+    crash_workers()  # this test's own worker and queue (the fixture routes tasks there)
     upload_and_wait_ready(
         client, name, FIXTURE_DIR / "house_price_linreg.pkl", entry["input_example"]
     )
-    crash_workers()
     _launch(client, name)
     wait_for(
         lambda: Deployment.objects.get(name=name).state in ("building", "starting", "running"),
