@@ -237,7 +237,7 @@ def worker_factory(django_db_setup, django_db_blocker, tmp_path_factory):
             import redis
 
             r = redis.Redis.from_url(dj_settings.CELERY_BROKER_URL)
-            r.delete(queue)
+            r.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
             # kombu's exchange bindings name the queue: drop ours, keep everyone else's.
             for binding in r.scan_iter("_kombu.binding.*"):
                 for member in r.smembers(binding):
