@@ -230,19 +230,36 @@ def _unavailable_guard(view):
     return wrapper
 
 
-@csrf_exempt  # API keys are not cookies; session callers are CSRF-checked in _authenticate
-@_unavailable_guard
-def predict(request: HttpRequest, name: str) -> HttpResponse:
-    call = Call(request, name)
-    if request.method != "POST":
-        response = _answer(call, 405, {"error": "use POST"})
-        response["Allow"] = "POST"
-        return response
-    try:
-        target, upstream, parsed = _run(call, parse_body)
-    except CallError as exc:
-        call.log(exc.status, exc.body.get("error", ""))
-        return _answer(call, exc.status, exc.body, exc.headers)
+def _prediction_endpoint(parse):
+    """The shared frame of the POST endpoints: method check, the call, its log on refusal.
+
+    The decorated function only shapes the answer from (call, target, upstream, parsed).
+    """
+
+    def decorator(render):
+        @csrf_exempt  # API keys are not cookies; session callers are CSRF-checked in _authenticate
+        @_unavailable_guard
+        @functools.wraps(render)
+        def view(request: HttpRequest, name: str) -> HttpResponse:
+            call = Call(request, name)
+            if request.method != "POST":
+                response = _answer(call, 405, {"error": "use POST"})
+                response["Allow"] = "POST"
+                return response
+            try:
+                target, upstream, parsed = _run(call, parse)
+            except CallError as exc:
+                call.log(exc.status, exc.body.get("error", ""))
+                return _answer(call, exc.status, exc.body, exc.headers)
+            return render(call, target, upstream, parsed)
+
+        return view
+
+    return decorator
+
+
+@_prediction_endpoint(parse_body)
+def predict(call: Call, target: Target, upstream: dict[str, Any], parsed: ParsedInput):
     body: dict[str, Any] = {
         "deployment": target.name,
         "model": target.model_name,
@@ -320,19 +337,9 @@ def _datatype(values: list[Any]) -> str:
     return "BYTES"
 
 
-@csrf_exempt
-@_unavailable_guard
-def v2_infer(request: HttpRequest, name: str) -> HttpResponse:
-    call = Call(request, name)
-    if request.method != "POST":
-        response = _answer(call, 405, {"error": "use POST"})
-        response["Allow"] = "POST"
-        return response
-    try:
-        target, upstream, parsed = _run(call, _v2_rows)
-    except CallError as exc:
-        call.log(exc.status, exc.body.get("error", ""))
-        return _answer(call, exc.status, exc.body, exc.headers)
+@_prediction_endpoint(_v2_rows)
+def v2_infer(call: Call, target: Target, upstream: dict[str, Any], parsed: ParsedInput):
+    request = call.request
     predictions = upstream.get("predictions", [])
     outputs = [
         {
