@@ -816,46 +816,17 @@ def per_call(fn: Callable[[], None], n: int, repeats: int = 5) -> float:
     return statistics.median(samples)
 
 
-def paired_saving(
-    call: Callable[[], None],
-    variant: Callable[[], contextlib.AbstractContextManager],
-    variant_call: Callable[[], None] | None,
-    n: int,
-    repeats: int = 7,
-) -> float:
-    """Microseconds per call saved by `variant`: batches of the full call and of the variant
-    alternate, so that load from elsewhere on the machine hits both alike; median of diffs."""
-    batch = max(1, n // repeats)
-    diffs = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        for _ in range(batch):
-            call()
-        full = time.perf_counter() - started
-        with variant():
-            vcall = variant_call or call
-            vcall()
-            started = time.perf_counter()
-            for _ in range(batch):
-                vcall()
-            reduced = time.perf_counter() - started
-        diffs.append((full - reduced) / batch * 1e6)
-    return statistics.median(diffs)
-
-
 def profile_proxy(name: str, raw_key: str, endpoint: str, n: int, log_file: Path) -> None:
+    """Where one call's time goes, in-process, on the same WSGI application gunicorn serves
+    (the fast lane for API-key calls): the whole call, each stage alone, cProfile."""
+    import io
     import logging
-    from unittest import mock
 
-    import redis
-    from django.core.cache import cache
-    from django.core.cache.backends.redis import RedisCacheClient
-    from django.db import connection
-    from django.test import Client, override_settings
     from django.utils import timezone
 
     from deployments_app.models import PredictionLog
-    from deployments_app.predict import keys, metrics, proxy, views
+    from deployments_app.predict import inputs, keys, logwriter, proxy
+    from portal.wsgi import application
 
     # As under gunicorn, the root logger's console handler writes into a file, not a tty.
     sink = log_file.open("a")
@@ -863,237 +834,94 @@ def profile_proxy(name: str, raw_key: str, endpoint: str, n: int, log_file: Path
         if isinstance(handler, logging.StreamHandler):
             handler.setStream(sink)
 
-    url = f"/api/v1/deployments/{name}/predict"
-    body = json.dumps({"features": ROW})
-    auth = f"Bearer {raw_key}"
+    body = json.dumps({"features": ROW}).encode()
+    base_environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": f"/api/v1/deployments/{name}/predict",
+        "SCRIPT_NAME": "",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8000",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_HOST": "127.0.0.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "CONTENT_TYPE": "application/json",
+        "CONTENT_LENGTH": str(len(body)),
+        "HTTP_AUTHORIZATION": f"Bearer {raw_key}",
+        "wsgi.url_scheme": "http",
+    }
+    statuses: list[str] = []
 
-    def make_call(client: Client) -> Callable[[], None]:
-        def call() -> None:
-            response = client.post(
-                url, data=body, content_type="application/json", HTTP_AUTHORIZATION=auth
-            )
-            if response.status_code != 200:
-                raise RuntimeError(f"{response.status_code}: {response.content[:300]!r}")
+    def start_response(status, headers):
+        statuses.append(status)
 
-        return call
+    def call() -> None:
+        environ = dict(base_environ)
+        environ["wsgi.input"] = io.BytesIO(body)
+        b"".join(application(environ, start_response))
+        if not statuses[-1].startswith("200"):
+            raise RuntimeError(f"the fast lane answered {statuses[-1]}")
 
-    call = make_call(Client(HTTP_HOST="127.0.0.1"))
     for _ in range(300):
         call()
 
-    # Round trips per call.
-    redis_commands: list[str] = []
-    real_execute = redis.Redis.execute_command
-    redis_inits = 0
-    real_init = redis.Redis.__init__
-
-    def counting(self, *a, **kw):
-        redis_commands.append(str(a[0]))
-        return real_execute(self, *a, **kw)
-
-    def counting_init(self, *a, **kw):
-        nonlocal redis_inits
-        redis_inits += 1
-        real_init(self, *a, **kw)
-
-    pg_statements: list[str] = []
-
-    def pg_counting(execute, sql, params, many, context):
-        pg_statements.append(sql.split(" ", 1)[0])
-        return execute(sql, params, many, context)
-
-    with (
-        mock.patch.object(redis.Redis, "execute_command", counting),
-        mock.patch.object(redis.Redis, "__init__", counting_init),
-        connection.execute_wrapper(pg_counting),
-    ):
-        for _ in range(100):
-            call()
-
-    # Ablations: wall time saved when one part is replaced by a no-op (or done differently).
     info = keys.key_check(raw_key)
     target = proxy.get_target(name)
-    upstream = proxy.forward(target, json.dumps({"instances": [ROW]}).encode())
-    clients: dict[int, Any] = {}
+    upstream_body = json.dumps({"instances": [ROW], "params": {"proba": False}}).encode()
 
-    def reused_client(self, key=None, *, write=False):
-        pool = self._get_connection_pool(write)
-        if id(pool) not in clients:
-            clients[id(pool)] = self._client(connection_pool=pool)
-        return clients[id(pool)]
+    def log_row() -> None:
+        logwriter.write(
+            PredictionLog(
+                created_at=timezone.now(), deployment_name="profile", status_code=200,
+                latency_ms=1.0, rows=1,
+            )
+        )  # fmt: skip
 
-    @contextlib.contextmanager
-    def sql_setting(statement_on: str, statement_off: str):
-        with connection.cursor() as cursor:
-            cursor.execute(statement_on)
-        try:
-            yield
-        finally:
-            with connection.cursor() as cursor:
-                cursor.execute(statement_off)
-
-    @contextlib.contextmanager
-    def no_health_check():
-        connection.health_check_enabled = False
-        try:
-            yield
-        finally:
-            connection.health_check_enabled = True
-
-    @contextlib.contextmanager
-    def quiet(logger: str):
-        level = logging.getLogger(logger).level
-        logging.getLogger(logger).setLevel(logging.WARNING)
-        try:
-            yield
-        finally:
-            logging.getLogger(logger).setLevel(level)
-
-    bare_settings = override_settings(MIDDLEWARE=["portal.middleware.RequestIdMiddleware"])
-    with bare_settings:
-        bare_call = make_call(Client(HTTP_HOST="127.0.0.1"))
-    ablations: list[tuple[str, Callable[[], Any], Callable[[], None] | None]] = [
-        ("forward: httpx POST + container + response.json() -> constant",
-         lambda: mock.patch.object(views, "forward", lambda t, p: upstream), None),
-        ("API key check (Redis GET + unpickle, SET NX last-used) -> in-memory",
-         lambda: mock.patch.object(keys, "key_check", lambda raw: info), None),
-        ("rate limit (Redis SET NX + EXISTS + INCRBY) -> no-op",
-         lambda: mock.patch.object(keys, "rate_limited", lambda i: 0), None),
-        ("PredictionLog INSERT (autocommit) -> no-op",
-         lambda: mock.patch.object(PredictionLog.objects, "create", lambda **kw: None), None),
-        ("Prometheus metrics.observe -> no-op",
-         lambda: mock.patch.object(metrics, "observe", lambda *a, **kw: None), None),
-        ("Django's RedisCache: a new redis.Redis() per command -> one reused client",
-         lambda: mock.patch.object(RedisCacheClient, "get_client", reused_client), None),
-        ("CONN_HEALTH_CHECKS (SELECT 1 per request) -> off",
-         no_health_check, None),
-        ("synchronous_commit=off on the logging connection",
-         lambda: sql_setting("SET synchronous_commit TO off", "SET synchronous_commit TO on"),
-         None),
-        ("httpx INFO line per forwarded call ('HTTP Request: POST ...') -> WARNING level",
-         lambda: quiet("httpx"), None),
-        ("8 other middleware (security, whitenoise, session, csrf, auth, ...) -> none",
-         lambda: bare_settings, bare_call),
-    ]  # fmt: skip
     cpu_started = time.process_time()
     full = per_call(call, n)
     cpu_per_call = (time.process_time() - cpu_started) / (max(1, n // 5) * 5) * 1e6
-    saved = [(label, paired_saving(call, v, vc, n)) for label, v, vc in ablations]
-    with contextlib.ExitStack() as stack:
-        for _, variant, _vc in ablations[:5]:
-            stack.enter_context(variant())
+    stages = [
+        ("keys.key_check (cached)", lambda: keys.key_check(raw_key)),
+        ("keys.rate_limited (one pipelined Redis round trip)", lambda: keys.rate_limited(info)),
+        ("proxy.get_target (cached)", lambda: proxy.get_target(name)),
+        ("inputs.parse_body", lambda: inputs.parse_body({"features": ROW}, target.schema)),
+        ("proxy.forward (urllib3 POST to the container)",
+         lambda: proxy.forward(target, upstream_body)),
+        ("logwriter.write (one-row INSERT + COMMIT)", log_row),
+    ]  # fmt: skip
+    measured = [(label, per_call(fn, min(n, 1000))) for label, fn in stages]
+
+    prof = cProfile.Profile(time.process_time)
+    prof.enable()
+    for _ in range(n):
         call()
-        rest = per_call(call, n)
-
-    # Direct costs of the primitives, outside Django.
-    cache.set("proxy-bench:probe", info, 60)
-    redis_get = per_call(lambda: cache.get("proxy-bench:probe"), 2000)
-    cache.delete("proxy-bench:probe")
-    raw_redis = redis.Redis.from_url(os.environ["REDIS_URL"])
-    redis_ping = per_call(raw_redis.ping, 2000)
-    redis_init = per_call(lambda: redis.Redis(connection_pool=raw_redis.connection_pool), 2000)
-    raw_redis.close()
-    row = {
-        "deployment_name": "profile",
-        "status_code": 200,
-        "latency_ms": 1.0,
-        "rows": 1,
-        "created_at": timezone.now(),
-    }
-    insert = per_call(lambda: PredictionLog.objects.create(**row), 1000)
-    with connection.cursor() as cursor:
-        select_1 = per_call(lambda: cursor.execute("SELECT 1"), 2000)
-    payload = json.dumps({"instances": [ROW], "params": {"proba": False}}).encode()
-    httpx_post = per_call(
-        lambda: proxy.client().post(
-            f"{endpoint}/predict", content=payload, headers={"Content-Type": "application/json"}
-        ),
-        2000,
-    )
-
-    # cProfile, twice: wall-clock time, then CPU time (what limits throughput).
-    profiles = []
-    for timer in (time.perf_counter, time.process_time):
-        prof = cProfile.Profile(timer)
-        prof.enable()
-        for _ in range(n):
-            call()
-        prof.disable()
-        profiles.append(pstats.Stats(prof))
+    prof.disable()
     sink.close()
-    stats, cpu_stats = profiles
-    parts = [
-        ("whole test-client request", "django/test/client.py", "post"),
-        ("Django handler + middleware", "django/core/handlers/base.py", "get_response"),
-        ("views.predict", "predict/views.py", "predict"),
-        ("keys.key_check", "predict/keys.py", "key_check"),
-        ("keys.rate_limited", "predict/keys.py", "rate_limited"),
-        ("proxy.get_target", "predict/proxy.py", "get_target"),
-        ("views._read_json", "predict/views.py", "_read_json"),
-        ("inputs.parse_body", "predict/inputs.py", "parse_body"),
-        ("proxy.forward", "predict/proxy.py", "forward"),
-        ("Call.log (row + metrics)", "predict/views.py", "log"),
-        ("Model.save (INSERT)", "django/db/models/base.py", "save"),
-        ("metrics.observe", "predict/metrics.py", "observe"),
-        ("views._answer (JsonResponse)", "predict/views.py", "_answer"),
-        ("redis.Redis.__init__ (client per command)", "redis/client.py", "__init__"),
-        ("redis.Redis.execute_command (all)", "redis/client.py", "execute_command"),
-        ("logging: Logger.info (all)", "logging/__init__.py", "info"),
-    ]
-
-    def cumulative(st: pstats.Stats, filename: str, func: str) -> tuple[float, int]:
-        best = (0.0, 0)
-        for (file, _line, fn), (_cc, nc, _tt, cum, _callers) in st.stats.items():
-            if fn == func and file.endswith(filename):
-                best = max(best, (cum, nc))
-        return best
-
-    found = []
-    for label, filename, func in parts:
-        wall, calls = cumulative(stats, filename, func)
-        cpu, _ = cumulative(cpu_stats, filename, func)
-        found.append((label, wall / n * 1e6, cpu / n * 1e6, calls / n))
+    stats = pstats.Stats(prof)
 
     print()
-    print(f"## Profile of the proxy path (in-process, Django test Client, {n} calls per figure)")
+    print(f"## Profile of the proxy path (in-process, the WSGI fast lane, {n} calls per figure)")
     print()
-    kinds = ", ".join(sorted(set(redis_commands)))
-    print(
-        f"per call: {len(redis_commands) / 100:.1f} Redis commands ({kinds}) on "
-        f"{redis_inits / 100:.1f} new redis.Redis clients; {len(pg_statements) / 100:.2f} SQL "
-        f"statements through Django ({', '.join(sorted(set(pg_statements)))}) + 1 health-check "
-        "SELECT 1 (CONN_HEALTH_CHECKS)"
-    )
-    print(
-        f"whole call: {full:.0f} us wall, {cpu_per_call:.0f} us CPU of this one thread; "
-        f"with the first five parts below as no-ops: {rest:.0f} us"
-    )
+    print(f"whole call: {full:.0f} us wall, {cpu_per_call:.0f} us CPU")
     print()
-    print("| change (paired batches, median) | saves per call |")
+    print("| stage, alone | wall per call |")
     print("|---|---:|")
-    for label, us in saved:
+    for label, us in measured:
         print(f"| {label} | {us:.0f} us |")
+    rest = full - sum(us for _, us in measured)
+    print(f"| everything else (WSGI, request, JSON, headers, metrics) | {rest:.0f} us |")
     print()
-    print("| primitive, alone | per call |")
-    print("|---|---:|")
-    print(f"| Redis PING round trip (one reused client) | {redis_ping:.0f} us |")
-    print(f"| redis.Redis(connection_pool=...) construction | {redis_init:.0f} us |")
-    print(f"| Django cache.get of the KeyInfo (new client + GET + unpickle) | {redis_get:.0f} us |")
-    print(f"| PostgreSQL SELECT 1 round trip | {select_1:.0f} us |")
-    print(f"| PredictionLog.objects.create (INSERT + commit) | {insert:.0f} us |")
-    print(f"| httpx POST to the container /predict | {httpx_post:.0f} us |")
+    print("top 25 functions by cumulative CPU time (cProfile, per call):")
+    rows = sorted(stats.stats.items(), key=lambda kv: kv[1][3], reverse=True)[:25]
+    for (file, line, fn), (_cc, nc, _tt, ct, _callers) in rows:
+        where = file if file == "~" else "/".join(Path(file).parts[-2:])
+        print(f"  {ct / n * 1e6:7.1f} us  {nc / n:6.1f}x  {fn}  ({where}:{line})")
     print()
-    print("| cProfile (inflates Python-heavy parts) | wall, cumulative | CPU, cumulative | calls |")
-    print("|---|---:|---:|---:|")
-    for label, wall, cpu, calls in found:
-        print(f"| {label} | {wall:.0f} us | {cpu:.0f} us | {calls:.2f} |")
-    for title, st in (("wall", stats), ("CPU", cpu_stats)):
-        print()
-        print(f"top 15 functions by own {title} time (cProfile, per call):")
-        rows = sorted(st.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:15]
-        for (file, line, fn), (_cc, nc, tt, _ct, _callers) in rows:
-            where = file if file == "~" else "/".join(Path(file).parts[-2:])
-            print(f"  {tt / n * 1e6:7.1f} us  {nc / n:6.1f}x  {fn}  ({where}:{line})")
+    print("top 15 functions by own CPU time (cProfile, per call):")
+    rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:15]
+    for (file, line, fn), (_cc, nc, tt, _ct, _callers) in rows:
+        where = file if file == "~" else "/".join(Path(file).parts[-2:])
+        print(f"  {tt / n * 1e6:7.1f} us  {nc / n:6.1f}x  {fn}  ({where}:{line})")
 
 
 # --------------------------------------------------------------------------- main

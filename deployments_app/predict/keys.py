@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -208,27 +209,63 @@ def _redis():
     return _redis_client
 
 
+LEASE_PARTS = 20  # a process reserves up to 1/20 of a key's per-minute limit at a time
+_leases: dict[str, int] = {}  # window counter -> calls this process may still admit
+_exhausted: set[str] = set()  # window counters known to be used up
+_lease_lock = threading.Lock()
+
+
 def rate_limited(info: KeyInfo) -> int:
     """0 when the call may go on, else the seconds to wait (fixed one-minute windows).
 
-    With Redis: one pipelined INCR + EXPIRE, shared by every process and host.
+    With Redis the window's counter is shared by every process and host, but a process does
+    not ask Redis on every call: it reserves a lease of calls (INCRBY, limit / LEASE_PARTS,
+    at least 1) and admits that many locally. No more than the limit is ever admitted per
+    window; a lease unused by one process when the window closes may deny others up to
+    (processes - 1) x lease calls early. Limits under LEASE_PARTS per minute are exact.
     """
     now = int(time.time())
     counter = f"portal:rate:{info.prefix}:{now // 60}"
+    wait = 60 - now % 60 or 1
+    limit = info.rate_limit_per_minute
     client = _redis()
-    if client is not None:
-        pipe = client.pipeline(transaction=False)
-        pipe.incr(counter)
-        pipe.expire(counter, 70)
-        count = pipe.execute()[0]
-    elif cache.add(counter, 1, 70):
-        count = 1
-    else:
-        try:
-            count = cache.incr(counter)
-        except ValueError:  # expired between add and incr
-            cache.add(counter, 1, 70)
-            count = 1
-    if count > info.rate_limit_per_minute:
-        return 60 - now % 60 or 1
+    if client is None:
+        return wait if _count_in_cache(counter) > limit else 0
+    with _lease_lock:
+        if counter in _exhausted:
+            return wait
+        left = _leases.get(counter, 0)
+        if left > 0:
+            _leases[counter] = left - 1
+            return 0
+    lease = max(1, limit // LEASE_PARTS)
+    pipe = client.pipeline(transaction=False)
+    pipe.incrby(counter, lease)
+    pipe.expire(counter, 70)
+    count = pipe.execute()[0]
+    granted = min(lease, max(0, limit - (count - lease)))
+    with _lease_lock:
+        if len(_leases) > 10_000 or len(_exhausted) > 10_000:  # old windows: drop them
+            _leases.clear()
+            _exhausted.clear()
+        if granted == 0:
+            _exhausted.add(counter)
+            return wait
+        _leases[counter] = _leases.get(counter, 0) + granted - 1
     return 0
+
+
+def forget_leases() -> None:
+    with _lease_lock:
+        _leases.clear()
+        _exhausted.clear()
+
+
+def _count_in_cache(counter: str) -> int:
+    if cache.add(counter, 1, 70):
+        return 1
+    try:
+        return cache.incr(counter)
+    except ValueError:  # expired between add and incr
+        cache.add(counter, 1, 70)
+        return 1

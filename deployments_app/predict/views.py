@@ -12,18 +12,18 @@ import json
 import logging
 import random
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
-from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from redis.exceptions import RedisError
 
-from deployments_app.models import Deployment, PredictionLog
-from deployments_app.predict import keys, metrics
+from deployments_app.models import Deployment
+from deployments_app.predict import keys, logwriter, metrics
 from deployments_app.predict.inputs import InputError, ParsedInput, check_rows, parse_body
 from deployments_app.predict.proxy import Target, UpstreamError, forward, get_target
 from portal.audit import client_ip
@@ -63,25 +63,29 @@ class Call:
             and target.capture_percent > 0
             and random.random() * 100 < target.capture_percent  # noqa: S311 - sampling
         )
-        PredictionLog.objects.create(
-            created_at=timezone.now(),
-            deployment_id=target.id if target else None,
-            deployment_name=self.name[:63],
-            model_name=target.model_name if target else "",
-            version_number=target.version_number if target else None,
-            caller=self.caller[:150],
-            api_key_prefix=self.key_prefix,
-            status_code=status,
-            latency_ms=latency,
-            upstream_ms=self.upstream_ms,
-            rows=self.rows,
-            input_bytes=len(self.body_bytes),
-            input_sha256=hashlib.sha256(self.body_bytes).hexdigest() if self.body_bytes else "",
-            client_ip=client_ip(self.request),
-            request_id=self.request.request_id,
-            replica=self.replica,
-            error=error[:2000],
-            payload=self.payload if capture else None,
+        logwriter.write(
+            {
+                "created_at": datetime.now(UTC),
+                "deployment_id": target.id if target else None,
+                "deployment_name": self.name[:63],
+                "model_name": target.model_name if target else "",
+                "version_number": target.version_number if target else None,
+                "caller": self.caller[:150],
+                "api_key_prefix": self.key_prefix,
+                "status_code": status,
+                "latency_ms": latency,
+                "upstream_ms": self.upstream_ms,
+                "rows": self.rows,
+                "input_bytes": len(self.body_bytes),
+                "input_sha256": hashlib.sha256(self.body_bytes).hexdigest()
+                if self.body_bytes
+                else "",
+                "client_ip": client_ip(self.request),
+                "request_id": self.request.request_id,
+                "replica": self.replica,
+                "error": error[:2000],
+                "payload": self.payload if capture else None,
+            }
         )
         metrics.observe(
             self.name, target.version_number if target else None, status, latency / 1000

@@ -20,7 +20,7 @@ import pytest
 from django.utils import timezone
 
 from deployments_app.models import ApiKey, Deployment, PredictionLog, Replica
-from deployments_app.predict import keys, proxy
+from deployments_app.predict import keys, logwriter, proxy
 from deployments_app.runtimes.base import BuildSpec, ReplicaLimits
 from deployments_app.services import SERVER_DIR
 from models_app.models import ModelVersion, RegisteredModel
@@ -93,6 +93,16 @@ def served(tmp_path_factory, django_db_blocker):
             runtime.remove_replica(name)
         for ref in images:
             runtime.remove_image(ref)
+
+
+@pytest.fixture(params=["django", "fast-lane"])
+def client(request, client):
+    """Every prediction case through both lanes: Django's stack and the WSGI fast lane."""
+    if request.param == "django":
+        return client
+    from tests.conftest import FastLaneClient
+
+    return FastLaneClient()
 
 
 @pytest.fixture
@@ -467,7 +477,7 @@ def test_database_failure_while_logging_answers_503_not_an_unlogged_200(
     def broken(*args, **kwargs):
         raise OperationalError("server closed the connection unexpectedly")
 
-    monkeypatch.setattr(PredictionLog.objects, "create", broken)
+    monkeypatch.setattr(logwriter, "_insert", broken)
     response = _post(client, house.name, {"features": [1500, 3, 2]}, key)
     assert response.status_code == HTTPStatus.SERVICE_UNAVAILABLE
 
@@ -566,3 +576,117 @@ def _kill_container(name: str) -> None:
     import docker
 
     docker.from_env().containers.get(name).kill()
+
+
+# --------------------------------------------------------------------------- the fast lane
+
+
+def test_fast_lane_answers_like_django(world, key_for):
+    """Same status, body shape and headers (security headers, request id, model headers) on
+    both lanes; a foreign Host is refused by Django's rules on both."""
+    from django.test import Client
+
+    from tests.conftest import FastLaneClient
+
+    house, _ = world["house"]
+    key = key_for(house)
+    answers = {}
+    for lane, c in (("django", Client()), ("fast", FastLaneClient())):
+        response = _post(
+            c, house.name, {"features": [1500, 3, 2]}, key, HTTP_X_REQUEST_ID="abcd1234"
+        )
+        assert response.status_code == 200, (lane, response.content)
+        assert getattr(response, "lane", "django") == lane
+        answers[lane] = response
+    skip = {"content-length", "date", "server"}
+    headers = {
+        lane: {k.lower(): v for k, v in r.headers.items() if k.lower() not in skip}
+        for lane, r in answers.items()
+    }
+    assert headers["fast"] == headers["django"]
+    assert headers["fast"]["x-request-id"] == "abcd1234"
+    assert headers["fast"]["x-content-type-options"] == "nosniff"
+    assert headers["fast"]["x-frame-options"] == "DENY"
+    assert answers["fast"].json().keys() == answers["django"].json().keys()
+    assert PredictionLog.objects.filter(request_id="abcd1234").count() == 2
+
+    bad_host = _post(
+        FastLaneClient(), house.name, {"features": [1, 2, 3]}, key, HTTP_HOST="evil.example"
+    )
+    assert bad_host.status_code == 400
+    # No key: not the fast lane; Django answers (401), and with a session, CSRF applies.
+    anonymous = _post(FastLaneClient(), house.name, {"features": [1, 2, 3]})
+    assert anonymous.status_code == 401 and not hasattr(anonymous, "lane")
+
+
+def test_group_commit_writes_concurrent_rows_in_shared_inserts(db):
+    """Threads logging at once share INSERTs, and each returns only once its row is in."""
+    import threading
+
+    from django.db import connection
+
+    from deployments_app.predict.logwriter import GroupCommit
+
+    writer = GroupCommit()
+    gate = threading.Barrier(12)
+    errors = []
+
+    def one(i):
+        try:
+            gate.wait()
+            writer.write(_log_row(f"gc-{i}"))
+            # Back from write: the row must be visible from another connection already.
+            assert PredictionLog.objects.filter(request_id=f"gc-{i}").exists()
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert writer.rows == 12 and writer.flushes < 12
+    assert PredictionLog.objects.filter(request_id__startswith="gc-").count() == 12
+
+
+def test_group_commit_failure_fails_every_caller_in_the_batch(monkeypatch):
+    from django.db import OperationalError
+
+    from deployments_app.predict import logwriter
+
+    def broken(rows):
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(logwriter, "_insert", broken)
+    writer = logwriter.GroupCommit()
+    with pytest.raises(OperationalError):
+        writer.write(_log_row("x"))
+    assert writer._pending == [] and not writer._flushing
+
+
+def _log_row(request_id):
+    from datetime import UTC, datetime
+
+    return {
+        "created_at": datetime.now(UTC),
+        "deployment_id": None,
+        "deployment_name": "gc",
+        "model_name": "",
+        "version_number": None,
+        "caller": "t",
+        "api_key_prefix": "",
+        "status_code": 200,
+        "latency_ms": 1.0,
+        "upstream_ms": 0.5,
+        "rows": 1,
+        "input_bytes": 2,
+        "input_sha256": "",
+        "client_ip": "127.0.0.1",
+        "request_id": request_id,
+        "replica": "",
+        "error": "",
+        "payload": {"a": [1, 2]},
+    }
