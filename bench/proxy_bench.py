@@ -19,8 +19,8 @@ profiles the proxy path in-process (Django test Client against the running conta
 cProfile cumulative costs per call, ablations (each part replaced by a no-op, wall time
 saved), Redis round trips and SQL statements per call.
 
-    .venv/bin/python bench/proxy_bench.py [--duration 10] [--rounds 3] [--workers 2]
-        [--threads 8] [--runtime auto|docker|process] [--profile-requests 2000]
+    .venv/bin/python bench/proxy_bench.py [--duration 10] [--rounds 3] [--workers 2*CPUs]
+        [--threads 4] [--runtime auto|docker|process] [--profile-requests 2000]
         [--no-profile]
 
 Needs: PostgreSQL (role portal/portal with CREATEDB) on 127.0.0.1:5432, Redis on
@@ -824,7 +824,6 @@ def profile_proxy(name: str, raw_key: str, endpoint: str, n: int, log_file: Path
 
     from django.utils import timezone
 
-    from deployments_app.models import PredictionLog
     from deployments_app.predict import inputs, keys, logwriter, proxy
     from portal.wsgi import application
 
@@ -870,12 +869,13 @@ def profile_proxy(name: str, raw_key: str, endpoint: str, n: int, log_file: Path
     upstream_body = json.dumps({"instances": [ROW], "params": {"proba": False}}).encode()
 
     def log_row() -> None:
-        logwriter.write(
-            PredictionLog(
-                created_at=timezone.now(), deployment_name="profile", status_code=200,
-                latency_ms=1.0, rows=1,
-            )
+        row = dict.fromkeys(logwriter.COLUMNS)
+        row.update(
+            created_at=timezone.now(), deployment_name="profile", model_name="", caller="",
+            api_key_prefix="", status_code=200, latency_ms=1.0, rows=1, input_bytes=0,
+            input_sha256="", request_id="", replica="", error="",
         )  # fmt: skip
+        logwriter.write(row)
 
     cpu_started = time.process_time()
     full = per_call(call, n)
@@ -936,8 +936,10 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=3, help="seconds of warm-up per target")
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
-    parser.add_argument("--threads", type=int, default=8, help="gunicorn threads per worker")
+    parser.add_argument(
+        "--workers", type=int, default=max(2, 2 * (os.cpu_count() or 1)), help="gunicorn workers"
+    )
+    parser.add_argument("--threads", type=int, default=4, help="gunicorn threads per worker")
     parser.add_argument(
         "--no-access-log",
         dest="access_log",

@@ -8,6 +8,7 @@ version from the real validation outcome, deployment, replicas) and calls the po
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import shutil
 from datetime import timedelta
@@ -27,7 +28,7 @@ from models_app.models import ModelVersion, RegisteredModel
 from models_app.validation.pipeline import validate_artifact
 from portal.audit import Actor
 from portal.models import AuditEvent
-from tests.conftest import FIXTURE_DIR
+from tests.conftest import FIXTURE_DIR, wait_for
 from tests.services import require
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -690,3 +691,155 @@ def _log_row(request_id):
         "error": "",
         "payload": {"a": [1, 2]},
     }
+
+
+# --------------------------------------------------------------------------- a real outage
+
+
+@contextlib.contextmanager
+def _gunicorn(tmp_path):
+    """The portal's WSGI app under gunicorn (gthread, as runportal starts it), on the test
+    database, in production mode; stopped afterwards."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from django.db import connection
+
+    from tests.services import free_port, wait_for_port
+
+    port = free_port()
+    db = connection.settings_dict
+    env = dict(
+        os.environ,
+        DJANGO_DEBUG="false",
+        DJANGO_SECRET_KEY="test-" + "x" * 50,
+        DJANGO_ALLOWED_HOSTS="127.0.0.1",
+        DJANGO_SECURE_SSL_REDIRECT="false",
+        DATABASE_URL=f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        PORTAL_DATA_DIR=str(tmp_path / "var"),
+    )
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    log = (tmp_path / "gunicorn.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "portal.wsgi", "--bind", f"127.0.0.1:{port}",
+         "--workers", "2", "--threads", "4", "--worker-class", "gthread"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    try:
+        wait_for_port(port, timeout=60)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def _postgres_cluster() -> tuple[str, str]:
+    import subprocess
+
+    out = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True, check=True)
+    for line in out.stdout.splitlines():
+        version, cluster, port, *_ = line.split()
+        if port == "5432":
+            return version, cluster
+    raise AssertionError(f"no PostgreSQL cluster on port 5432: {out.stdout}")
+
+
+@pytest.mark.security
+@pytest.mark.django_db(transaction=True)
+def test_postgres_down_while_predictions_flow_503_then_recovery(tmp_path, world, key_for):
+    """The machine's PostgreSQL is stopped for a few seconds while a client keeps calling
+    the portal (gunicorn, fast lane): answers are 200 or a clear 503, never a 500 or a hang;
+    once it is back the portal answers 200 again without a restart, and every 200 answered
+    has its log row (matched by request id)."""
+    import os
+    import shutil
+    import subprocess
+    import threading
+    import time
+
+    from django.db import connection
+
+    if os.geteuid() != 0 or shutil.which("pg_ctlcluster") is None:
+        pytest.skip("stops the machine's PostgreSQL: runs under `make test` (root, pg_ctlcluster)")
+    if connection.settings_dict["HOST"] not in ("127.0.0.1", "localhost"):
+        pytest.skip("stops the local PostgreSQL; this run's database is elsewhere")
+    version, cluster = _postgres_cluster()
+    house, _ = world["house"]
+    key = key_for(house)
+    answers: list[tuple[float, int, str, dict]] = []
+    stop = threading.Event()
+
+    with _gunicorn(tmp_path) as base, httpx.Client(timeout=15) as http:
+        url = f"{base}/api/v1/deployments/{house.name}/predict"
+
+        def loop():
+            i = 0
+            while not stop.is_set():
+                i += 1
+                rid = f"pgdown-{i:06d}"
+                try:
+                    r = http.post(
+                        url,
+                        json={"features": [1500, 3, 2]},
+                        headers={"Authorization": f"Bearer {key}", "X-Request-ID": rid},
+                    )
+                    body = (
+                        r.json()
+                        if r.headers.get("content-type", "").startswith("application/json")
+                        else {}
+                    )
+                    answers.append(
+                        (
+                            time.monotonic(),
+                            r.status_code,
+                            rid,
+                            body | {"_retry": r.headers.get("Retry-After")},
+                        )
+                    )
+                except httpx.HTTPError as exc:  # a hang or a reset is a failure too
+                    answers.append((time.monotonic(), -1, rid, {"error": repr(exc)}))
+                time.sleep(0.02)
+
+        caller = threading.Thread(target=loop)
+        caller.start()
+        try:
+            time.sleep(2)
+            connection.close()  # this process's connection dies with the server anyway
+            subprocess.run(
+                ["pg_ctlcluster", version, cluster, "stop", "-m", "fast"], check=True, timeout=60
+            )
+            down_at = time.monotonic()
+            time.sleep(4)
+        finally:
+            restart_at = time.monotonic()
+            subprocess.run(["pg_ctlcluster", version, cluster, "start"], check=True, timeout=120)
+            up_at = time.monotonic()
+        wait_for(lambda: answers and answers[-1][1] == 200, timeout=30, what="a 200 after recovery")
+        time.sleep(2)
+        stop.set()
+        caller.join(timeout=30)
+
+    codes = [code for _, code, _, _ in answers]
+    assert set(codes) <= {200, 503}, {c: codes.count(c) for c in set(codes)}
+    during = [a for a in answers if down_at + 0.5 < a[0] < restart_at]
+    assert during and all(code == 503 for _, code, _, _ in during)
+    for _, _, _, body in during:
+        assert "retry" in body["error"] and body["_retry"] == "5"
+    after = [a for a in answers if a[0] > up_at + 1]
+    assert after and all(code == 200 for _, code, _, _ in after)
+    answered = {rid for _, code, rid, _ in answers if code == 200}
+    logged = set(
+        PredictionLog.objects.filter(request_id__startswith="pgdown-", status_code=200).values_list(
+            "request_id", flat=True
+        )
+    )
+    assert answered <= logged, sorted(answered - logged)[:5]
+    assert len(answered) > 50
