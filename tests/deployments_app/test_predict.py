@@ -359,8 +359,7 @@ def test_not_running_answers_503_with_state(client, world, key_for):
 
 
 # --------------------------------------------------------------------------- who may call
-
-
+@pytest.mark.security
 def test_key_scoping_expiry_revocation(client, world, key_for):
     house, _ = world["house"]
     spam, _ = world["spam"]
@@ -396,6 +395,7 @@ def test_key_scoping_expiry_revocation(client, world, key_for):
     assert ApiKey.objects.get(prefix=row.prefix).last_used_at is not None
 
 
+@pytest.mark.security
 def test_rate_limit_answers_429_with_retry_after(client, world, key_for):
     house, _ = world["house"]
     key = key_for(house, rate_limit_per_minute=3)
@@ -406,6 +406,7 @@ def test_rate_limit_answers_429_with_retry_after(client, world, key_for):
     assert 1 <= int(limited["Retry-After"]) <= 60
 
 
+@pytest.mark.security
 def test_logged_in_deployer_may_call_viewer_may_not(client, world, role_client):
     house, _ = world["house"]
     deployer = role_client("deployer")
@@ -449,8 +450,7 @@ def test_metrics_are_exposed_to_loopback_only(client, world, key_for, settings):
 
 
 # --------------------------------------------------------------------------- faults and load
-
-
+@pytest.mark.security
 def test_cache_outage_answers_503_not_500(client, world, key_for, settings):
     house, _ = world["house"]
     key = key_for(house)
@@ -467,6 +467,7 @@ def test_cache_outage_answers_503_not_500(client, world, key_for, settings):
     assert "retry" in response.json()["error"]
 
 
+@pytest.mark.security
 def test_database_failure_while_logging_answers_503_not_an_unlogged_200(
     client, world, key_for, monkeypatch
 ):
@@ -483,6 +484,7 @@ def test_database_failure_while_logging_answers_503_not_an_unlogged_200(
     assert response.status_code == HTTPStatus.SERVICE_UNAVAILABLE
 
 
+@pytest.mark.security
 def test_a_hanging_replica_is_bypassed_and_all_hanging_times_out(client, world, key_for, settings):
     import time
 
@@ -523,6 +525,7 @@ def test_a_hanging_replica_is_bypassed_and_all_hanging_times_out(client, world, 
     assert PredictionLog.objects.filter(status_code=504).count() == 2
 
 
+@pytest.mark.security
 @pytest.mark.django_db(transaction=True)
 def test_bounded_load_two_replicas_zero_5xx_and_every_answer_logged(live_server, world, key_for):
     house, _ = world["house"]
@@ -547,6 +550,7 @@ def test_bounded_load_two_replicas_zero_5xx_and_every_answer_logged(live_server,
     assert len(replicas) == 2  # round robin used both
 
 
+@pytest.mark.security
 @pytest.mark.django_db(transaction=True)
 def test_failover_when_a_replica_is_killed_and_burst_is_fully_logged(live_server, world, key_for):
     house, _ = world["house"]
@@ -580,8 +584,7 @@ def _kill_container(name: str) -> None:
 
 
 # --------------------------------------------------------------------------- the fast lane
-
-
+@pytest.mark.security
 def test_fast_lane_answers_like_django(world, key_for):
     """Same status, body shape and headers (security headers, request id, model headers) on
     both lanes; a foreign Host is refused by Django's rules on both."""
