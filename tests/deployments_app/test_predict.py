@@ -623,7 +623,8 @@ def test_fast_lane_answers_like_django(world, key_for):
     assert anonymous.status_code == 401 and not hasattr(anonymous, "lane")
 
 
-def test_group_commit_writes_concurrent_rows_in_shared_inserts(db):
+@pytest.mark.django_db(transaction=True)  # the threads commit on their own connections
+def test_group_commit_writes_concurrent_rows_in_shared_inserts():
     """Threads logging at once share INSERTs, and each returns only once its row is in."""
     import threading
 

@@ -238,61 +238,6 @@ def test_replica_killed_with_docker_kill_is_replaced_by_the_reconciler(
 
 
 @pytest.mark.docker
-@pytest.mark.security
-def test_hanging_replica_is_found_unhealthy_and_replaced_by_the_reconciler(
-    transactional_db, worker_storage, api_client, manifest, own_containers
-):
-    """The model server is frozen (SIGSTOP from the host: the container still 'runs' but
-    answers nothing). Docker's health check marks it unhealthy; the reconciler replaces it
-    and the deployment answers again, with an event and an audit row saying so."""
-    import os
-
-    docker_client = _docker_or_skip()
-    entry = manifest["house_price_linreg.pkl"]
-    name = f"house-hang-{uuid.uuid4().hex[:6]}"
-    own_containers.append(name)
-    client = api_client("deployer")
-    upload_and_wait_ready(
-        client, name, FIXTURE_DIR / "house_price_linreg.pkl", entry["input_example"]
-    )
-    _launch(client, name)
-    _wait_state(name, ("running", "failed"))
-    deployment = _wait_state(name, ("running",), timeout=5)
-
-    victim = docker_client.containers.get(replica_name(name, 0))
-    host_pid = victim.attrs["State"]["Pid"]
-    os.kill(host_pid, signal.SIGSTOP)
-    try:
-        wait_for(
-            lambda: (
-                (victim.reload() or victim.attrs["State"].get("Health", {}).get("Status"))
-                == "unhealthy"
-            ),
-            timeout=90,
-            what="Docker's health check to mark the frozen replica unhealthy",
-        )
-        assert victim.status == "running"  # to Docker the process is still there
-        summary = services.reconcile()
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(host_pid, signal.SIGCONT)
-
-    assert summary["converged"] >= 1
-    replacement = docker_client.containers.get(replica_name(name, 0))
-    assert replacement.id != victim.id and replacement.status == "running"
-    assert _predict_each_replica(name, entry["input_example"], entry["expected_predict"]) == 1
-    deployment.refresh_from_db()
-    assert deployment.state == "running"
-    assert DeploymentEvent.objects.filter(
-        deployment=deployment, message__contains=f"replica {victim.name} was unhealthy; replacing"
-    ).exists()
-    assert AuditEvent.objects.filter(
-        action="deployment.replicas_replaced", target_name=name, actor_name="reconciler"
-    ).exists()
-    client.delete(f"/api/v1/deployments/{name}")
-
-
-@pytest.mark.docker
 def test_two_reconciles_in_a_row_change_nothing_on_a_healthy_deployment(
     transactional_db, worker_storage, api_client, manifest, own_containers
 ):
