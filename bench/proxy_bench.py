@@ -4,7 +4,8 @@ In one run on one machine, with the house-price LinearRegression fixture (scikit
 
 * the model container called directly (DockerRuntime, one replica with the portal's default
   limits; ProcessRuntime when no Docker engine answers): POST /predict {"instances": [[..]]};
-* the portal's proxy, started as in production (``gunicorn portal.wsgi``, gthread,
+* the portal's proxy, started as runportal starts it (``uvicorn portal.asgi``, or with
+  ``--server gunicorn`` ``gunicorn portal.wsgi``, gthread,
   DJANGO_DEBUG=false, PostgreSQL, Redis): POST /api/v1/deployments/<name>/predict
   {"features": [..]} with an API key (auth, rate limit, validation, PredictionLog row);
 * the classic tutorial app (bench/flask_app.py: Flask ``app.run()``, threaded, pickle) in a
@@ -89,7 +90,7 @@ end
 function response(status, headers, body)
   if status >= 200 and status < 300 then
     ok = ok + 1
-    local rid = headers["X-Request-ID"]
+    local rid = headers["X-Request-ID"] or headers["x-request-id"]
     if rid and ids_path ~= "" then ids[#ids + 1] = rid end
   else
     other = other + 1
@@ -622,29 +623,27 @@ class Bench:
         )
         return deployment.name, raw
 
-    def start_gunicorn(self) -> tuple[str, subprocess.Popen]:
+    def start_portal(self) -> tuple[str, subprocess.Popen]:
+        """The web server as runportal starts it (uvicorn, portal.asgi), or gunicorn."""
         port = free_port()
-        argv = [
-            str(VENV_PYTHON),
-            "-m",
-            "gunicorn",
-            "portal.wsgi",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            str(self.args.workers),
-            "--threads",
-            str(self.args.threads),
-            "--worker-class",
-            "gthread",
-            "--timeout",
-            "120",
-            "--graceful-timeout",
-            "10",
-        ]
-        if self.args.access_log:
-            argv += ["--access-logfile", "-"]  # as runportal does; into a file here
-        proc = self.start("gunicorn", argv, self.tmp / "gunicorn.log", cwd=REPO)
+        if self.args.server == "uvicorn":
+            argv = [
+                str(VENV_PYTHON), "-m", "uvicorn", "portal.asgi:application",
+                "--port", str(port), "--workers", str(self.args.workers),
+                "--loop", "uvloop", "--http", "httptools", "--no-proxy-headers",
+            ]  # fmt: skip
+            if not self.args.access_log:
+                argv.append("--no-access-log")
+        else:
+            argv = [
+                str(VENV_PYTHON), "-m", "gunicorn", "portal.wsgi",
+                "--bind", f"127.0.0.1:{port}", "--workers", str(self.args.workers),
+                "--threads", str(self.args.threads), "--worker-class", "gthread",
+                "--timeout", "120", "--graceful-timeout", "10",
+            ]  # fmt: skip
+            if self.args.access_log:
+                argv += ["--access-logfile", "-"]
+        proc = self.start("portal", argv, self.tmp / "portal.log", cwd=REPO)
         base = f"http://127.0.0.1:{port}"
         wait_http(f"{base}/healthz", proc)
         return base, proc
@@ -693,6 +692,23 @@ def settle_last_log_id(timeout: float = 10) -> int:
     return last
 
 
+def row_medians(after_id: int, upto_id: int) -> dict[str, float]:
+    """Medians of what the proxy itself recorded for the calls of one run (ms)."""
+    from deployments_app.models import PredictionLog
+
+    rows = list(
+        PredictionLog.objects.filter(id__gt=after_id, id__lte=upto_id).values_list(
+            "latency_ms", "upstream_ms"
+        )
+    )
+    if not rows:
+        return {}
+    return {
+        "latency": statistics.median(r[0] for r in rows),
+        "upstream": statistics.median(r[1] or 0 for r in rows),
+    }
+
+
 def measure(
     bench: Bench, targets: Callable[[], dict[str, tuple[str, Path]]], args, ids_path: Path
 ) -> dict[str, Any]:
@@ -708,6 +724,7 @@ def measure(
             groups = bench.cpu_groups()
             before = {g: cpu_seconds(p) for g, p in groups.items()}
             url, script = targets()[label]
+            first_row = settle_last_log_id(timeout=3) if label == "proxy" else 0
             try:
                 r = run_wrk(url, script, conc, duration)
             except WrkError as exc:
@@ -716,6 +733,8 @@ def measure(
                 continue
             if label == "proxy" and keep:
                 results["proxy_runs"].append(r)
+            if label == "proxy":
+                r["rows"] = row_medians(first_row, settle_last_log_id(timeout=3))
             if r["other"] == 0 and r["socket_errors"] == 0 and probe(bench.endpoint):
                 r["cpu_ms"] = {
                     g: (cpu_seconds(p) - before[g]) * 1000 / max(1, r["sent"])
@@ -937,14 +956,20 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=3, help="seconds of warm-up per target")
     parser.add_argument(
-        "--workers", type=int, default=max(2, 2 * (os.cpu_count() or 1)), help="gunicorn workers"
+        "--server",
+        choices=["uvicorn", "gunicorn"],
+        default="uvicorn",
+        help="uvicorn + portal.asgi as runportal serves it, or gunicorn + portal.wsgi",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=max(2, os.cpu_count() or 1), help="web server processes"
     )
     parser.add_argument("--threads", type=int, default=4, help="gunicorn threads per worker")
     parser.add_argument(
         "--no-access-log",
         dest="access_log",
         action="store_false",
-        help="run gunicorn without runportal's --access-logfile -",
+        help="run the web server without its access log (runportal keeps it on)",
     )
     parser.add_argument("--runtime", choices=["auto", "docker", "process"], default="auto")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
@@ -963,7 +988,7 @@ def main() -> int:
         bench.prepare_portal()
         outcome, replica, endpoint = bench.serve_model()
         name, raw_key = bench.create_rows(outcome, replica, endpoint)
-        portal, gunicorn = bench.start_gunicorn()
+        portal, portal_proc = bench.start_portal()
         flask, flask_proc = bench.start_flask()
 
         checks = {
@@ -1002,9 +1027,15 @@ def main() -> int:
             }
 
         results = measure(bench, targets, args, ids_path)
-        rss = {"proxy": rss_mb(gunicorn.pid), "flask": rss_mb(flask_proc.pid)}
+        rss = {"proxy": rss_mb(portal_proc.pid), "flask": rss_mb(flask_proc.pid)}
 
         runtime = bench.runtime.name
+        server_line = (
+            f"uvicorn portal.asgi (asynchronous lane), {args.workers} workers"
+            if args.server == "uvicorn"
+            else f"gunicorn portal.wsgi (WSGI fast lane), gthread, {args.workers} workers x "
+            f"{args.threads} threads"
+        )
         print()
         print(
             f"# Proxy benchmark: house_price_linreg.pkl (LinearRegression, scikit-learn 1.5.2), "
@@ -1024,8 +1055,7 @@ def main() -> int:
             )
         )
         print(
-            f"- proxy: gunicorn portal.wsgi, gthread, {args.workers} workers x {args.threads} "
-            f"threads, access log {'on (to a file)' if args.access_log else 'off'}, "
+            f"- proxy: {server_line}, access log {'on (to a file)' if args.access_log else 'off'}, "
             "DJANGO_DEBUG=false, PostgreSQL + Redis, API key auth, validation, PredictionLog row"
         )
         print("- flask: bench/flask_app.py, app.run(threaded=True), pickle, request log to a file")
@@ -1034,7 +1064,7 @@ def main() -> int:
         print("|---|---:|---:|---:|---:|---:|")
         labels = {
             "container": f"model container, direct ({runtime})",
-            "proxy": "portal proxy (gunicorn) -> container",
+            "proxy": f"portal proxy ({args.server}) -> container",
             "flask": "Flask app.run() + pickle, direct",
         }
         for key, label in labels.items():
@@ -1047,7 +1077,7 @@ def main() -> int:
         print()
         print("CPU per request at c16 (ms, medians; postgres counts every backend on the host):")
         print()
-        groups = ["wrk", "gunicorn", "container", "flask", "postgres", "redis"]
+        groups = ["wrk", "portal", "container", "flask", "postgres", "redis"]
         print("| target | " + " | ".join(groups) + " |")
         print("|---|" + "---:|" * len(groups))
         for key in labels:
@@ -1057,6 +1087,17 @@ def main() -> int:
                 values = [r["cpu_ms"][g] for r in runs if g in r.get("cpu_ms", {})]
                 cells.append(f"{statistics.median(values):.2f}" if values else "-")
             print(f"| {key} | " + " | ".join(cells) + " |")
+        c1_rows = [r["rows"] for r in results["proxy"]["c1"] if r.get("rows")]
+        if c1_rows:
+            inside = statistics.median(r["latency"] for r in c1_rows)
+            upstream = statistics.median(r["upstream"] for r in c1_rows)
+            print()
+            print(
+                f"where a c1 call's {median(results['proxy']['c1'], 'p50'):.2f} ms go (medians of "
+                f"the calls' own log rows): {inside:.2f} ms from the first byte of the request "
+                f"to its log row being ready, of which {upstream:.2f} ms waiting for the "
+                f"replica; the rest is the log commit, the HTTP server and the loopback hops"
+            )
         added = median(results["proxy"]["c1"], "p50") - median(results["container"]["c1"], "p50")
         ratio = median(results["proxy"]["c16"], "rps") / median(results["flask"]["c16"], "rps")
         share = median(results["proxy"]["c16"], "rps") / median(results["container"]["c16"], "rps")

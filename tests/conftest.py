@@ -351,3 +351,100 @@ def upload_and_wait_ready(client, model_name: str, path: Path, example=None, tim
     version = wait_for(done, timeout=timeout, what=f"{model_name} v{number} validation")
     assert version.status == "ready", version.rejection_reason
     return version
+
+
+class AsgiLaneClient:
+    """A test client for POSTs through the asynchronous lane of portal.asgi (the app that
+    runportal serves): API-key prediction calls are answered on an event loop run in the
+    test's own thread; whatever the lane hands on is answered by Django's test client.
+
+    The lane reads the database from worker threads and writes its log rows on its own
+    connection, as in production, so tests that use it need committed rows (a transactional
+    test) and the `asgi_lane_connections` fixture.
+    """
+
+    def __init__(self, **defaults):
+        import asyncio
+
+        from django.test import Client
+
+        self.django = Client(**defaults)
+        self.loop = asyncio.new_event_loop()
+
+    def __getattr__(self, name):
+        return getattr(self.django, name)
+
+    def close(self):
+        from deployments_app.predict import aio
+
+        async def shut():
+            state = aio._state()
+            for connections in state.idle.values():
+                for _reader, writer in connections:
+                    writer.close()
+            await state.log._drop()
+
+        self.loop.run_until_complete(shut())
+        self.loop.close()
+
+    def post(self, path, data=None, content_type="application/octet-stream", **extra):
+        from django.http import HttpResponse
+
+        from deployments_app.predict.aio import wrap
+
+        if isinstance(data, str):
+            data = data.encode()
+        data = data or b""
+        headers = [(b"content-type", content_type.encode()), (b"content-length", b"%d" % len(data))]
+        host = extra.pop("HTTP_HOST", "testserver")
+        headers.append((b"host", host.encode()))
+        for key, value in extra.items():
+            if key.startswith("HTTP_"):
+                headers.append((key[5:].lower().replace("_", "-").encode(), str(value).encode()))
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": headers,
+            "client": ("127.0.0.1", 50000),
+            "server": ("testserver", 80),
+        }
+        handed_over, sent = [], []
+
+        async def to_django(scope, receive, send):
+            handed_over.append(True)
+
+        async def receive():
+            return {"type": "http.request", "body": data, "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        self.loop.run_until_complete(wrap(to_django)(scope, receive, send))
+        if handed_over:
+            extra["HTTP_HOST"] = host
+            return self.django.post(path, data, content_type=content_type, **extra)
+        start = next(m for m in sent if m["type"] == "http.response.start")
+        body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+        response = HttpResponse(body, status=start["status"])
+        for key, value in start["headers"]:
+            response[key.decode("latin-1")] = value.decode("latin-1")
+        response.json = lambda: json.loads(body)
+        response.lane = "asgi"
+        return response
+
+
+@pytest.fixture
+def asgi_lane_connections(monkeypatch):
+    """For AsgiLaneClient: the lane's worker threads close their database connection after
+    every hop (a test database cannot be dropped while they hold one open)."""
+    from deployments_app.predict import fastpath
+
+    real = fastpath._tidy_connections
+    monkeypatch.setattr(fastpath, "_tidy_connections", lambda failed: real(True))

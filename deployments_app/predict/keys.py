@@ -174,24 +174,54 @@ def _info(prefix: str) -> KeyInfo | None:
     return info
 
 
-def key_check(raw: str) -> KeyInfo | None:
-    """The key's info when it is valid now; None for unknown, wrong, revoked or expired."""
+MISS = object()  # what the *_local checks answer when only I/O can tell
+
+
+def _split(raw: str) -> str | None:
     parts = raw.split("_")
     if len(parts) < 3 or parts[0] != "mp":
         return None
-    prefix = parts[1]
-    info = _info(prefix)
+    return parts[1]
+
+
+def _verdict(info: KeyInfo | None, raw: str) -> KeyInfo | None:
     if info is None or not hmac.compare_digest(info.key_hash, _hash(raw)):
         return None
     if info.revoked or not info.active_user:
         return None
     if info.expires_at is not None and info.expires_at <= timezone.now():
         return None
+    return info
+
+
+def key_check(raw: str) -> KeyInfo | None:
+    """The key's info when it is valid now; None for unknown, wrong, revoked or expired."""
+    prefix = _split(raw)
+    if prefix is None:
+        return None
+    info = _verdict(_info(prefix), raw)
+    if info is None:
+        return None
     now = time.monotonic()
     if now - _last_used.get(prefix, -LAST_USED_EVERY) >= LAST_USED_EVERY:
         _last_used[prefix] = now
         ApiKey.objects.filter(pk=info.id).update(last_used_at=timezone.now())
     return info
+
+
+def key_check_local(raw: str) -> KeyInfo | None | object:
+    """key_check from this process's memory alone, for the event loop: MISS when the answer
+    needs the cache, the database or a last-used write (then call key_check in a thread)."""
+    prefix = _split(raw)
+    if prefix is None:
+        return None
+    now = time.monotonic()
+    hit = _local.get(prefix)
+    if hit is None or now - hit[0] >= LOCAL_SECONDS:
+        return MISS
+    if now - _last_used.get(prefix, -LAST_USED_EVERY) >= LAST_USED_EVERY:
+        return MISS
+    return _verdict(hit[1], raw)
 
 
 _redis_client = None
@@ -253,6 +283,22 @@ def rate_limited(info: KeyInfo) -> int:
             return wait
         _leases[counter] = _leases.get(counter, 0) + granted - 1
     return 0
+
+
+def rate_limited_local(info: KeyInfo) -> int | object:
+    """rate_limited from this process's lease alone: MISS when Redis must be asked."""
+    if _redis() is None:
+        return MISS
+    now = int(time.time())
+    counter = f"portal:rate:{info.prefix}:{now // 60}"
+    with _lease_lock:
+        if counter in _exhausted:
+            return 60 - now % 60 or 1
+        left = _leases.get(counter, 0)
+        if left > 0:
+            _leases[counter] = left - 1
+            return 0
+    return MISS
 
 
 def forget_leases() -> None:

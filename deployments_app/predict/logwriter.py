@@ -49,7 +49,7 @@ _ROW_SQL = "(" + ", ".join(f"%s{_CASTS.get(c, '')}" for c in COLUMNS) + ")"
 _sql_by_size: dict[int, str] = {}
 
 
-def _insert_sql(size: int) -> str:
+def insert_sql(size: int) -> str:
     sql = _sql_by_size.get(size)
     if sql is None:
         table = PredictionLog._meta.db_table
@@ -60,25 +60,30 @@ def _insert_sql(size: int) -> str:
     return sql
 
 
+def params(rows: list[dict[str, Any]]) -> list[Any]:
+    """The INSERT's parameters for `rows`, column by column, row after row."""
+    values: list[Any] = []
+    for row in rows:
+        for column in COLUMNS:
+            value = row[column]
+            if column == "payload" and value is not None:
+                value = json.dumps(value)
+            values.append(value)
+    return values
+
+
 def _insert(rows: list[dict[str, Any]]) -> None:
     if connection.vendor != "postgresql":
         PredictionLog.objects.bulk_create([PredictionLog(**row) for row in rows])
         return
     import psycopg
 
-    params: list[Any] = []
-    for row in rows:
-        for column in COLUMNS:
-            value = row[column]
-            if column == "payload" and value is not None:
-                value = json.dumps(value)
-            params.append(value)
     with connection.wrap_database_errors:
         connection.ensure_connection()
         # A server-side-binding cursor (Django's own are client-side), prepared after a few
         # uses per batch size; in autocommit the INSERT commits by itself.
         with psycopg.Cursor(connection.connection) as cursor:
-            cursor.execute(_insert_sql(len(rows)), params, prepare=True)
+            cursor.execute(insert_sql(len(rows)), params(rows), prepare=True)
 
 
 MAX_BATCH = 256

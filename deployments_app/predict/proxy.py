@@ -73,6 +73,17 @@ def client() -> urllib3.PoolManager:
     return _client
 
 
+MISS = object()
+
+
+def get_target_local(name: str) -> Target | object:
+    """get_target from this process's memory alone: MISS when the database must be asked."""
+    target = _targets.get(name)
+    if target is not None and time.monotonic() - target.loaded_at < TARGET_TTL:
+        return target
+    return MISS
+
+
 def get_target(name: str, *, fresh: bool = False) -> Target | None:
     target = _targets.get(name)
     if target is not None and not fresh and time.monotonic() - target.loaded_at < TARGET_TTL:
@@ -142,20 +153,27 @@ def forward(target: Target, payload: bytes) -> Forwarded:
             except urllib3.exceptions.HTTPError:
                 continue  # refused or reset: this replica is gone, try another
             upstream_ms = (time.perf_counter() - started) * 1000
-            if response.status == 200:
-                return Forwarded(json.loads(response.data), replica, upstream_ms)
-            text = response.data[:2000].decode("utf-8", "replace")
-            try:
-                message = json.loads(text).get("error", text[:500])
-            except (ValueError, AttributeError):
-                message = text[:500]
-            if response.status in (400, 413, 422):
-                raise UpstreamError(422, f"the model rejected the input: {message}", replica)
-            if response.status == 503:
-                continue
-            raise UpstreamError(502, f"the model failed: {message}", replica)
+            outcome = interpret(response.status, response.data, replica, upstream_ms)
+            if outcome is not None:
+                return outcome
         if attempt == 0:
             target = get_target(target.name, fresh=True) or target
     if timed_out is not None:
         raise timed_out
     raise UpstreamError(503, "no healthy replica could take the request")
+
+
+def interpret(status: int, data: bytes, replica: str, upstream_ms: float) -> Forwarded | None:
+    """A replica's answer: the result, an UpstreamError raised, or None to try the next one."""
+    if status == 200:
+        return Forwarded(json.loads(data), replica, upstream_ms)
+    text = data[:2000].decode("utf-8", "replace")
+    try:
+        message = json.loads(text).get("error", text[:500])
+    except (ValueError, AttributeError):
+        message = text[:500]
+    if status in (400, 413, 422):
+        raise UpstreamError(422, f"the model rejected the input: {message}", replica)
+    if status == 503:
+        return None
+    raise UpstreamError(502, f"the model failed: {message}", replica)

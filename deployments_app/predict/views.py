@@ -55,58 +55,68 @@ class Call:
         self.replica = ""
         self.payload: Any = None
 
-    def log(self, status: int, error: str = "") -> None:
+    def row(self, status: int, error: str = "") -> dict[str, Any]:
+        """The PredictionLog row of this call, answered now with `status`."""
         latency = (time.perf_counter() - self.started) * 1000
+        self.latency_s = latency / 1000
         target = self.target
         capture = (
             target is not None
             and target.capture_percent > 0
             and random.random() * 100 < target.capture_percent  # noqa: S311 - sampling
         )
-        logwriter.write(
-            {
-                "created_at": datetime.now(UTC),
-                "deployment_id": target.id if target else None,
-                "deployment_name": self.name[:63],
-                "model_name": target.model_name if target else "",
-                "version_number": target.version_number if target else None,
-                "caller": self.caller[:150],
-                "api_key_prefix": self.key_prefix,
-                "status_code": status,
-                "latency_ms": latency,
-                "upstream_ms": self.upstream_ms,
-                "rows": self.rows,
-                "input_bytes": len(self.body_bytes),
-                "input_sha256": hashlib.sha256(self.body_bytes).hexdigest()
-                if self.body_bytes
-                else "",
-                "client_ip": client_ip(self.request),
-                "request_id": self.request.request_id,
-                "replica": self.replica,
-                "error": error[:2000],
-                "payload": self.payload if capture else None,
-            }
-        )
+        return {
+            "created_at": datetime.now(UTC),
+            "deployment_id": target.id if target else None,
+            "deployment_name": self.name[:63],
+            "model_name": target.model_name if target else "",
+            "version_number": target.version_number if target else None,
+            "caller": self.caller[:150],
+            "api_key_prefix": self.key_prefix,
+            "status_code": status,
+            "latency_ms": latency,
+            "upstream_ms": self.upstream_ms,
+            "rows": self.rows,
+            "input_bytes": len(self.body_bytes),
+            "input_sha256": hashlib.sha256(self.body_bytes).hexdigest() if self.body_bytes else "",
+            "client_ip": client_ip(self.request),
+            "request_id": self.request.request_id,
+            "replica": self.replica,
+            "error": error[:2000],
+            "payload": self.payload if capture else None,
+        }
+
+    def observed(self, status: int) -> None:
+        target = self.target
         metrics.observe(
-            self.name, target.version_number if target else None, status, latency / 1000
+            self.name, target.version_number if target else None, status, self.latency_s
         )
+
+    def log(self, status: int, error: str = "") -> None:
+        logwriter.write(self.row(status, error))
+        self.observed(status)
+
+
+def raw_key(authorization: str, x_api_key: str) -> str:
+    """The API key of a call: `Authorization: Bearer <key>` or `X-API-Key: <key>`."""
+    raw = authorization[7:].strip() if authorization.lower().startswith("bearer ") else ""
+    return raw or x_api_key.strip()
+
+
+def key_verdict(info: keys.KeyInfo | None, call: Call) -> keys.KeyInfo:
+    if info is None:
+        raise CallError(
+            401, {"error": "invalid, expired or revoked API key"}, {"WWW-Authenticate": "Bearer"}
+        )
+    call.caller, call.key_prefix = info.username, info.prefix
+    return info
 
 
 def _authenticate(request: HttpRequest, call: Call) -> keys.KeyInfo | None:
     """An API key (Authorization: Bearer / X-API-Key) or a logged-in user who may predict."""
-    auth = request.headers.get("Authorization", "")
-    raw = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
-    raw = raw or request.headers.get("X-API-Key", "").strip()
+    raw = raw_key(request.headers.get("Authorization", ""), request.headers.get("X-API-Key", ""))
     if raw:
-        info = keys.key_check(raw)
-        if info is None:
-            raise CallError(
-                401,
-                {"error": "invalid, expired or revoked API key"},
-                {"WWW-Authenticate": "Bearer"},
-            )
-        call.caller, call.key_prefix = info.username, info.prefix
-        return info
+        return key_verdict(keys.key_check(raw), call)
     user = request.user
     if not user.is_authenticated:
         raise CallError(
@@ -125,22 +135,34 @@ def _authenticate(request: HttpRequest, call: Call) -> keys.KeyInfo | None:
 
 
 def _resolve(call: Call, key: keys.KeyInfo | None) -> Target:
-    target = get_target(call.name)
+    target = target_verdict(get_target(call.name), call, key)
+    if key is not None:
+        rate_verdict(keys.rate_limited(key))
+    return target
+
+
+def target_verdict(target: Target | None, call: Call, key: keys.KeyInfo | None) -> Target:
     # A key scoped elsewhere learns nothing: the same 404 as a missing deployment.
     if target is None or (key is not None and not key.allows(target.id, target.model_id)):
         raise CallError(404, {"error": f"no deployment named '{call.name}'"})
     call.target = target
-    if key is not None:
-        wait = keys.rate_limited(key)
-        if wait:
-            raise CallError(
-                429, {"error": "rate limit exceeded for this key"}, {"Retry-After": str(wait)}
-            )
     return target
 
 
+def rate_verdict(wait: int) -> None:
+    if wait:
+        raise CallError(
+            429, {"error": "rate limit exceeded for this key"}, {"Retry-After": str(wait)}
+        )
+
+
 def _read_json(request: HttpRequest, call: Call) -> Any:
-    content_type = request.content_type or ""
+    check_declared(request.content_type or "", request.META.get("CONTENT_LENGTH"))
+    return decode_body(request.read(settings.PORTAL_PREDICT_MAX_BODY_BYTES + 1), call)
+
+
+def check_declared(content_type: str, content_length: str | None) -> None:
+    """415 for anything but JSON; 413 when the declared length is over the limit."""
     if content_type != "application/json":
         raise CallError(
             415,
@@ -151,12 +173,16 @@ def _read_json(request: HttpRequest, call: Call) -> Any:
         )
     limit = settings.PORTAL_PREDICT_MAX_BODY_BYTES
     try:
-        length = int(request.META.get("CONTENT_LENGTH") or 0)
+        length = int(content_length or 0)
     except ValueError:
         length = 0
     if length > limit:
         raise CallError(413, {"error": f"the body is larger than {limit} bytes"})
-    body = request.read(limit + 1)
+
+
+def decode_body(body: bytes, call: Call) -> Any:
+    """The JSON of a body read up to limit + 1 bytes; 413 over the limit, 400 malformed."""
+    limit = settings.PORTAL_PREDICT_MAX_BODY_BYTES
     if len(body) > limit:
         raise CallError(413, {"error": f"the body is larger than {limit} bytes"})
     call.body_bytes = body
@@ -192,6 +218,18 @@ def _run(call: Call, parse) -> tuple[Target, dict[str, Any], ParsedInput]:
     key = _authenticate(call.request, call)
     target = _resolve(call, key)
     body = _read_json(call.request, call)
+    parsed, upstream_body = prepare(call, target, body, parse)
+    try:
+        result = forward(target, upstream_body)
+    except UpstreamError as exc:
+        call.replica = exc.replica
+        raise CallError(exc.status, {"error": exc.message}) from exc
+    call.replica, call.upstream_ms = result.replica, result.upstream_ms
+    return target, result.body, parsed
+
+
+def prepare(call: Call, target: Target, body: Any, parse) -> tuple[ParsedInput, bytes]:
+    """Check the input against the schema and the deployment's state: (rows, upstream body)."""
     try:
         parsed = parse(body, target.schema)
     except InputError as exc:
@@ -202,13 +240,7 @@ def _run(call: Call, parse) -> tuple[Target, dict[str, Any], ParsedInput]:
     upstream_body = json.dumps(
         {"instances": parsed.rows, "params": {"proba": parsed.proba}}
     ).encode()
-    try:
-        result = forward(target, upstream_body)
-    except UpstreamError as exc:
-        call.replica = exc.replica
-        raise CallError(exc.status, {"error": exc.message}) from exc
-    call.replica, call.upstream_ms = result.replica, result.upstream_ms
-    return target, result.body, parsed
+    return parsed, upstream_body
 
 
 def _unavailable_guard(view):
@@ -255,8 +287,11 @@ def _prediction_endpoint(parse):
             except CallError as exc:
                 call.log(exc.status, exc.body.get("error", ""))
                 return _answer(call, exc.status, exc.body, exc.headers)
-            return render(call, target, upstream, parsed)
+            response = render(call, target, upstream, parsed)
+            call.log(200)  # committed before the answer leaves
+            return response
 
+        view.render, view.parse = render, parse  # for the asynchronous lane
         return view
 
     return decorator
@@ -277,7 +312,6 @@ def predict(call: Call, target: Target, upstream: dict[str, Any], parsed: Parsed
         body["probabilities"] = upstream["probabilities"]
         if upstream.get("classes") is not None:
             body["classes"] = upstream["classes"]
-    call.log(200)
     return _answer(call, 200, body)
 
 
@@ -364,7 +398,6 @@ def v2_infer(call: Call, target: Target, upstream: dict[str, Any], parsed: Parse
                 "data": [v for row in probabilities for v in row],
             }
         )
-    call.log(200)
     try:
         request_id = json.loads(call.body_bytes).get("id") or request.request_id
     except (ValueError, AttributeError):

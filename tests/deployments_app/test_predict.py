@@ -96,14 +96,25 @@ def served(tmp_path_factory, django_db_blocker):
             runtime.remove_image(ref)
 
 
-@pytest.fixture(params=["django", "fast-lane"])
+@pytest.fixture(params=["django", "fast-lane", "asgi-lane"])
 def client(request, client):
-    """Every prediction case through both lanes: Django's stack and the WSGI fast lane."""
+    """Every prediction case through all three lanes: Django's stack, the WSGI fast lane
+    (portal.wsgi) and the asynchronous lane (portal.asgi, what runportal serves)."""
     if request.param == "django":
-        return client
-    from tests.conftest import FastLaneClient
+        yield client
+        return
+    from tests.conftest import AsgiLaneClient, FastLaneClient
 
-    return FastLaneClient()
+    if request.param == "fast-lane":
+        yield FastLaneClient()
+        return
+    # The lane works from other threads and its own connection, as in production: it needs
+    # committed rows (a transactional test) and must not leave connections open.
+    request.node.add_marker(pytest.mark.django_db(transaction=True))
+    request.getfixturevalue("asgi_lane_connections")
+    lane = AsgiLaneClient()
+    yield lane
+    lane.close()
 
 
 @pytest.fixture
@@ -479,7 +490,7 @@ def test_database_failure_while_logging_answers_503_not_an_unlogged_200(
     def broken(*args, **kwargs):
         raise OperationalError("server closed the connection unexpectedly")
 
-    monkeypatch.setattr(logwriter, "_insert", broken)
+    monkeypatch.setattr(logwriter, "params", broken)  # every lane builds its INSERT with it
     response = _post(client, house.name, {"features": [1500, 3, 2]}, key)
     assert response.status_code == HTTPStatus.SERVICE_UNAVAILABLE
 
@@ -583,44 +594,53 @@ def _kill_container(name: str) -> None:
     docker.from_env().containers.get(name).kill()
 
 
-# --------------------------------------------------------------------------- the fast lane
+# --------------------------------------------------------------------------- the fast lanes
+
+
 @pytest.mark.security
-def test_fast_lane_answers_like_django(world, key_for):
+@pytest.mark.django_db(transaction=True)  # the asynchronous lane reads from other threads
+def test_fast_lanes_answer_like_django(world, key_for, asgi_lane_connections):
     """Same status, body shape and headers (security headers, request id, model headers) on
-    both lanes; a foreign Host is refused by Django's rules on both."""
+    Django's stack, the WSGI lane and the asynchronous lane; a foreign Host is refused by
+    Django's rules on each, and a call without a key is always Django's."""
     from django.test import Client
 
-    from tests.conftest import FastLaneClient
+    from tests.conftest import AsgiLaneClient, FastLaneClient
 
     house, _ = world["house"]
     key = key_for(house)
-    answers = {}
-    for lane, c in (("django", Client()), ("fast", FastLaneClient())):
-        response = _post(
-            c, house.name, {"features": [1500, 3, 2]}, key, HTTP_X_REQUEST_ID="abcd1234"
-        )
-        assert response.status_code == 200, (lane, response.content)
-        assert getattr(response, "lane", "django") == lane
-        answers[lane] = response
-    skip = {"content-length", "date", "server"}
-    headers = {
-        lane: {k.lower(): v for k, v in r.headers.items() if k.lower() not in skip}
-        for lane, r in answers.items()
-    }
-    assert headers["fast"] == headers["django"]
-    assert headers["fast"]["x-request-id"] == "abcd1234"
-    assert headers["fast"]["x-content-type-options"] == "nosniff"
-    assert headers["fast"]["x-frame-options"] == "DENY"
-    assert answers["fast"].json().keys() == answers["django"].json().keys()
-    assert PredictionLog.objects.filter(request_id="abcd1234").count() == 2
+    asgi = AsgiLaneClient()
+    try:
+        answers = {}
+        for lane, c in (("django", Client()), ("fast", FastLaneClient()), ("asgi", asgi)):
+            response = _post(
+                c, house.name, {"features": [1500, 3, 2]}, key, HTTP_X_REQUEST_ID="abcd1234"
+            )
+            assert response.status_code == 200, (lane, response.content)
+            assert getattr(response, "lane", "django") == lane
+            answers[lane] = response
+        skip = {"content-length", "date", "server"}
+        headers = {
+            lane: {k.lower(): v for k, v in r.headers.items() if k.lower() not in skip}
+            for lane, r in answers.items()
+        }
+        assert headers["fast"] == headers["django"] == headers["asgi"]
+        assert headers["asgi"]["x-request-id"] == "abcd1234"
+        assert headers["asgi"]["x-content-type-options"] == "nosniff"
+        assert headers["asgi"]["x-frame-options"] == "DENY"
+        assert answers["asgi"].json() == answers["fast"].json() == answers["django"].json()
+        assert PredictionLog.objects.filter(request_id="abcd1234").count() == 3
 
-    bad_host = _post(
-        FastLaneClient(), house.name, {"features": [1, 2, 3]}, key, HTTP_HOST="evil.example"
-    )
-    assert bad_host.status_code == 400
-    # No key: not the fast lane; Django answers (401), and with a session, CSRF applies.
-    anonymous = _post(FastLaneClient(), house.name, {"features": [1, 2, 3]})
-    assert anonymous.status_code == 401 and not hasattr(anonymous, "lane")
+        for lane in (FastLaneClient(), asgi):
+            bad_host = _post(
+                lane, house.name, {"features": [1, 2, 3]}, key, HTTP_HOST="evil.example"
+            )
+            assert bad_host.status_code == 400 and not hasattr(bad_host, "lane")
+            # No key: not a fast lane; Django answers (401), and with a session, CSRF applies.
+            anonymous = _post(lane, house.name, {"features": [1, 2, 3]})
+            assert anonymous.status_code == 401 and not hasattr(anonymous, "lane")
+    finally:
+        asgi.close()
 
 
 @pytest.mark.django_db(transaction=True)  # the threads commit on their own connections
@@ -701,8 +721,8 @@ def _log_row(request_id):
 
 
 @contextlib.contextmanager
-def _gunicorn(tmp_path):
-    """The portal's WSGI app under gunicorn (gthread, as runportal starts it), on the test
+def _portal_server(tmp_path):
+    """The portal as runportal serves it (uvicorn, portal.asgi, two workers), on the test
     database, in production mode; stopped afterwards."""
     import os
     import signal
@@ -725,10 +745,10 @@ def _gunicorn(tmp_path):
         PORTAL_DATA_DIR=str(tmp_path / "var"),
     )
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    log = (tmp_path / "gunicorn.log").open("wb")
+    log = (tmp_path / "portal.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "portal.wsgi", "--bind", f"127.0.0.1:{port}",
-         "--workers", "2", "--threads", "4", "--worker-class", "gthread"],
+        [sys.executable, "-m", "uvicorn", "portal.asgi:application", "--port", str(port),
+         "--workers", "2", "--loop", "uvloop", "--http", "httptools", "--no-access-log"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         cwd=Path(__file__).resolve().parents[2],
     )  # fmt: skip
@@ -743,6 +763,46 @@ def _gunicorn(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
+
+
+@pytest.mark.security
+@pytest.mark.django_db(transaction=True)
+def test_asgi_lane_under_load_two_replicas_zero_5xx_and_every_answer_logged(
+    tmp_path, world, key_for
+):
+    """The server runportal starts (uvicorn, the asynchronous lane with its own PostgreSQL
+    writer and worker-thread hops): 2,000 calls at concurrency 32 over two replicas, every
+    one 200, every answer's row committed (matched by request id), every live replica used."""
+    house, _ = world["house"]
+    key = key_for(house)
+    total = 2000
+    with (
+        _portal_server(tmp_path) as base,
+        httpx.Client(timeout=30, limits=httpx.Limits(max_connections=32)) as http,
+    ):
+        url = f"{base}/api/v1/deployments/{house.name}/predict"
+
+        def call(i):
+            r = http.post(
+                url,
+                json={"features": [1000 + i % 500, 3, 2]},
+                headers={"Authorization": f"Bearer {key}", "X-Request-ID": f"asgi-load-{i:05d}"},
+            )
+            return r.status_code, r.headers.get("x-request-id")
+
+        with concurrent.futures.ThreadPoolExecutor(32) as pool:
+            answers = list(pool.map(call, range(total)))
+    codes = [code for code, _ in answers]
+    assert codes.count(200) == total, {c: codes.count(c) for c in set(codes)}
+    logged = set(PredictionLog.objects.filter(status_code=200).values_list("request_id", flat=True))
+    assert {rid for _, rid in answers} == logged
+    # Round robin over every replica still alive (the failover test may have killed one).
+    alive = set()
+    for replica in Replica.objects.filter(deployment=house):
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{replica.endpoint}/health", timeout=2).status_code == 200:
+                alive.add(replica.name)
+    assert alive and set(PredictionLog.objects.values_list("replica", flat=True)) == alive
 
 
 def _postgres_cluster() -> tuple[str, str]:
@@ -760,9 +820,9 @@ def _postgres_cluster() -> tuple[str, str]:
 @pytest.mark.django_db(transaction=True)
 def test_postgres_down_while_predictions_flow_503_then_recovery(tmp_path, world, key_for):
     """The machine's PostgreSQL is stopped for a few seconds while a client keeps calling
-    the portal (gunicorn, fast lane): answers are 200 or a clear 503, never a 500 or a hang;
-    once it is back the portal answers 200 again without a restart, and every 200 answered
-    has its log row (matched by request id)."""
+    the portal (as runportal serves it: uvicorn, the asynchronous lane): answers are 200 or
+    a clear 503, never a 500 or a hang; once it is back the portal answers 200 again without
+    a restart, and every 200 answered has its log row (matched by request id)."""
     import os
     import shutil
     import subprocess
@@ -781,7 +841,7 @@ def test_postgres_down_while_predictions_flow_503_then_recovery(tmp_path, world,
     answers: list[tuple[float, int, str, dict]] = []
     stop = threading.Event()
 
-    with _gunicorn(tmp_path) as base, httpx.Client(timeout=15) as http:
+    with _portal_server(tmp_path) as base, httpx.Client(timeout=15) as http:
         url = f"{base}/api/v1/deployments/{house.name}/predict"
 
         def loop():
@@ -847,3 +907,43 @@ def test_postgres_down_while_predictions_flow_503_then_recovery(tmp_path, world,
     )
     assert answered <= logged, sorted(answered - logged)[:5]
     assert len(answered) > 50
+
+
+def test_asgi_lane_keeps_upstream_connections_alive(world, monkeypatch):
+    """The lane's HTTP client reuses one keep-alive connection per replica, and a connection
+    the replica closed meanwhile is replaced without failing the call."""
+    import asyncio
+
+    from deployments_app.predict import aio
+
+    house, _ = world["house"]
+    endpoint = Replica.objects.filter(deployment=house).order_by("index").first().endpoint
+    opened = []
+    real_open = asyncio.open_connection
+
+    async def counting(*args, **kwargs):
+        opened.append(args)
+        return await real_open(*args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "open_connection", counting)
+    body = json.dumps({"instances": [[1500, 3, 2]], "params": {"proba": False}}).encode()
+
+    async def scenario():
+        answers = [await aio.post(endpoint, "/predict", body) for _ in range(20)]
+        assert len(opened) == 1  # one connection for twenty calls
+        (idle,) = aio._state().idle.values()
+        idle[0][1].close()  # as if the replica had closed it while idle
+        await asyncio.sleep(0.05)
+        answers.append(await aio.post(endpoint, "/predict", body))
+        for _reader, writer in idle:
+            writer.close()
+        return answers
+
+    loop = asyncio.new_event_loop()
+    try:
+        answers = loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    assert [status for status, _ in answers] == [200] * 21
+    assert json.loads(answers[-1][1])["predictions"][0] == pytest.approx(558408.11, abs=0.01)
+    assert len(opened) == 2

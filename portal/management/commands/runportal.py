@@ -18,35 +18,33 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=8000)
-        # Processes rather than threads carry the prediction hot path: on 2 cores, 4 x 4 served
-        # 0.72x the calls per second of Flask's app.run(), 2 x 8 0.54x (bench/proxy_bench.py).
-        parser.add_argument("--web-workers", type=int, default=max(2, 2 * (os.cpu_count() or 1)))
-        parser.add_argument("--web-threads", type=int, default=4)
+        parser.add_argument("--web-workers", type=int, default=max(2, os.cpu_count() or 1))
         parser.add_argument("--concurrency", type=int, default=2)
 
-    def handle(self, *args, host, port, web_workers, web_threads, concurrency, **options):
+    def handle(self, *args, host, port, web_workers, concurrency, **options):
         python = sys.executable
         data = settings.PORTAL_DATA_DIR
         commands = {
+            # uvicorn (uvloop + httptools) serving portal.asgi: prediction calls with an API
+            # key on the event loop, everything else in Django's thread pool (a2wsgi).
             "web": [
                 python,
                 "-m",
-                "gunicorn",
-                "portal.wsgi",
-                "--bind",
-                f"{host}:{port}",
+                "uvicorn",
+                "portal.asgi:application",
+                "--host",
+                host,
+                "--port",
+                str(port),
                 "--workers",
                 str(web_workers),
-                "--threads",
-                str(web_threads),
-                "--worker-class",
-                "gthread",
-                "--timeout",
-                "120",
-                "--graceful-timeout",
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+                "--no-proxy-headers",
+                "--timeout-graceful-shutdown",
                 "10",
-                "--access-logfile",
-                "-",
             ],
             "worker": [
                 python,
