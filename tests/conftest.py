@@ -377,14 +377,7 @@ class AsgiLaneClient:
     def close(self):
         from deployments_app.predict import aio
 
-        async def shut():
-            state = aio._state()
-            for connections in state.idle.values():
-                for _reader, writer in connections:
-                    writer.close()
-            await state.log._drop()
-
-        self.loop.run_until_complete(shut())
+        self.loop.run_until_complete(aio.close_loop_state())
         self.loop.close()
 
     def post(self, path, data=None, content_type="application/octet-stream", **extra):

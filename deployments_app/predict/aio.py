@@ -363,30 +363,16 @@ async def _call(view, request: _Request, name: str, headers: dict[str, str], bod
         call.observed(200)
         return response
     except (DatabaseError, RedisError) as exc:
-        log.warning("prediction refused, backing store unavailable: %s", exc)
-        response = JsonResponse(
-            {
-                "error": "the portal cannot record calls right now (database or cache "
-                "unavailable); retry shortly",
-                "request_id": request.request_id,
-            },
-            status=503,
-        )
-        response["Retry-After"] = "5"
-        return response
+        return views.unavailable_response(exc, request.request_id)
 
 
 def _route(scope: Scope, headers: dict[str, str]) -> tuple[Any, str] | None:
-    if scope.get("method") != "POST" or scope.get("root_path"):
-        return None
-    if not (headers.get("authorization") or headers.get("x-api-key")):
-        return None
-    match = fastpath._ROUTE.match(scope.get("path", ""))
-    if match is None:
-        return None
-    if match["predict"]:
-        return views.predict, match["predict"]
-    return views.v2_infer, match["infer"]
+    return fastpath.route(
+        scope.get("method", ""),
+        scope.get("path", ""),
+        has_key=bool(headers.get("authorization") or headers.get("x-api-key")),
+        prefixed=bool(scope.get("root_path")),
+    )
 
 
 def wrap(fallback: ASGIApp) -> ASGIApp:
@@ -449,11 +435,16 @@ async def _lifespan(receive: Callable, send: Callable) -> None:
         if message["type"] == "lifespan.startup":
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
-            state = _states.get(asyncio.get_running_loop())
-            if state is not None:
-                for connections in state.idle.values():
-                    for _reader, writer in connections:
-                        writer.close()
-                await state.log._drop()
+            await close_loop_state()
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+async def close_loop_state() -> None:
+    """Close this loop's idle upstream connections and its log connection."""
+    state = _states.pop(asyncio.get_running_loop(), None)
+    if state is not None:
+        for connections in state.idle.values():
+            for _reader, writer in connections:
+                writer.close()
+        await state.log._drop()

@@ -53,19 +53,25 @@ _security = SecurityMiddleware(_passthrough)
 _xframe = XFrameOptionsMiddleware(_passthrough)
 
 
-def _route(environ: dict[str, Any]) -> tuple[Callable, str] | None:
-    if environ.get("REQUEST_METHOD") != "POST":
+def route(method: str, path: str, *, has_key: bool, prefixed: bool) -> tuple[Callable, str] | None:
+    """(view, deployment name) when a call belongs on a fast lane (WSGI or ASGI), else None."""
+    if method != "POST" or not has_key or prefixed:  # prefixed: leave URL handling to Django
         return None
-    if not (environ.get("HTTP_AUTHORIZATION") or environ.get("HTTP_X_API_KEY")):
-        return None
-    if environ.get("SCRIPT_NAME"):
-        return None  # mounted under a prefix: leave URL handling to Django
-    match = _ROUTE.match(environ.get("PATH_INFO", ""))
+    match = _ROUTE.match(path)
     if match is None:
         return None
     if match["predict"]:
         return views.predict, match["predict"]
     return views.v2_infer, match["infer"]
+
+
+def _route(environ: dict[str, Any]) -> tuple[Callable, str] | None:
+    return route(
+        environ.get("REQUEST_METHOD", ""),
+        environ.get("PATH_INFO", ""),
+        has_key=bool(environ.get("HTTP_AUTHORIZATION") or environ.get("HTTP_X_API_KEY")),
+        prefixed=bool(environ.get("SCRIPT_NAME")),
+    )
 
 
 def _tidy_connections(failed: bool) -> None:

@@ -261,13 +261,9 @@ def rate_limited(info: KeyInfo) -> int:
     client = _redis()
     if client is None:
         return wait if _count_in_cache(counter) > limit else 0
-    with _lease_lock:
-        if counter in _exhausted:
-            return wait
-        left = _leases.get(counter, 0)
-        if left > 0:
-            _leases[counter] = left - 1
-            return 0
+    local = rate_limited_local(info)
+    if local is not MISS:
+        return local  # type: ignore[return-value]
     lease = max(1, limit // LEASE_PARTS)
     pipe = client.pipeline(transaction=False)
     pipe.incrby(counter, lease)

@@ -251,19 +251,23 @@ def _unavailable_guard(view):
         try:
             return view(request, name)
         except (DatabaseError, RedisError) as exc:
-            log.warning("prediction refused, backing store unavailable: %s", exc)
-            response = JsonResponse(
-                {
-                    "error": "the portal cannot record calls right now (database or cache "
-                    "unavailable); retry shortly",
-                    "request_id": getattr(request, "request_id", ""),
-                },
-                status=503,
-            )
-            response["Retry-After"] = "5"
-            return response
+            return unavailable_response(exc, getattr(request, "request_id", ""))
 
     return wrapper
+
+
+def unavailable_response(exc: Exception, request_id: str) -> JsonResponse:
+    log.warning("prediction refused, backing store unavailable: %s", exc)
+    response = JsonResponse(
+        {
+            "error": "the portal cannot record calls right now (database or cache "
+            "unavailable); retry shortly",
+            "request_id": request_id,
+        },
+        status=503,
+    )
+    response["Retry-After"] = "5"
+    return response
 
 
 def _prediction_endpoint(parse):
