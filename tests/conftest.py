@@ -355,8 +355,10 @@ def upload_and_wait_ready(client, model_name: str, path: Path, example=None, tim
 
 class AsgiLaneClient:
     """A test client for POSTs through the asynchronous lane of portal.asgi (the app that
-    runportal serves): API-key prediction calls are answered on an event loop run in the
-    test's own thread; whatever the lane hands on is answered by Django's test client.
+    runportal serves): API-key prediction calls are answered on an event loop that runs in a
+    thread of its own (the test's thread may already have a running loop: Playwright's sync
+    API leaves one set while its browser is open); whatever the lane hands on is answered by
+    Django's test client.
 
     The lane reads the database from worker threads and writes its log rows on its own
     connection, as in production, so tests that use it need committed rows (a transactional
@@ -365,20 +367,32 @@ class AsgiLaneClient:
 
     def __init__(self, **defaults):
         import asyncio
+        import threading
 
         from django.test import Client
 
         self.django = Client(**defaults)
         self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
 
     def __getattr__(self, name):
         return getattr(self.django, name)
 
+    def _run(self, coro):
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=120)
+
     def close(self):
         from deployments_app.predict import aio
 
-        self.loop.run_until_complete(aio.close_loop_state())
-        self.loop.close()
+        try:
+            self._run(aio.close_loop_state())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=10)
+            self.loop.close()
 
     def post(self, path, data=None, content_type="application/octet-stream", **extra):
         from django.http import HttpResponse
@@ -419,7 +433,7 @@ class AsgiLaneClient:
         async def send(message):
             sent.append(message)
 
-        self.loop.run_until_complete(wrap(to_django)(scope, receive, send))
+        self._run(wrap(to_django)(scope, receive, send))
         if handed_over:
             extra["HTTP_HOST"] = host
             return self.django.post(path, data, content_type=content_type, **extra)

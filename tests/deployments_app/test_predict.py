@@ -913,6 +913,7 @@ def test_asgi_lane_keeps_upstream_connections_alive(world, monkeypatch):
     """The lane's HTTP client reuses one keep-alive connection per replica, and a connection
     the replica closed meanwhile is replaced without failing the call."""
     import asyncio
+    import concurrent.futures
 
     from deployments_app.predict import aio
 
@@ -939,11 +940,9 @@ def test_asgi_lane_keeps_upstream_connections_alive(world, monkeypatch):
             writer.close()
         return answers
 
-    loop = asyncio.new_event_loop()
-    try:
-        answers = loop.run_until_complete(scenario())
-    finally:
-        loop.close()
+    # On a thread of its own: this thread may have a running loop already (Playwright's).
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        answers = pool.submit(asyncio.run, scenario()).result(timeout=120)
     assert [status for status, _ in answers] == [200] * 21
     assert json.loads(answers[-1][1])["predictions"][0] == pytest.approx(558408.11, abs=0.01)
     assert len(opened) == 2
