@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from deployments_app.models import Build, Deployment, DeploymentEvent, Replica
 from deployments_app.runtimes import get_runtime, runtime_name
-from deployments_app.runtimes.base import BuildResult, BuildSpec, ReplicaLimits
+from deployments_app.runtimes.base import BuildResult, BuildSpec, ReplicaLimits, probe_health
 from models_app.models import ModelVersion
 from models_app.storage import artifact_path
 from portal.audit import Actor, audit_record
@@ -478,6 +478,18 @@ def _latest_build(deployment: Deployment, version: ModelVersion) -> BuildResult 
     )
 
 
+def _answers(status: Any) -> bool:
+    """Liveness: the replica's /health answers within PORTAL_LIVENESS_TIMEOUT on one of
+    PORTAL_LIVENESS_TRIES tries, a second apart. A server that is merely busy gets that long;
+    a frozen one is found on the first reconcile instead of after the runtime's own checks."""
+    for attempt in range(max(1, settings.PORTAL_LIVENESS_TRIES)):
+        if attempt:
+            time.sleep(1)
+        if probe_health(status.endpoint, timeout=settings.PORTAL_LIVENESS_TIMEOUT):
+            return True
+    return False
+
+
 def deployment_converge(*, deployment_id: int, request_id: str = "") -> None:
     """Make the healthy replicas of the current version number `replicas`.
 
@@ -496,13 +508,18 @@ def deployment_converge(*, deployment_id: int, request_id: str = "") -> None:
     )
     replaced = 0
     for status in current:
+        condition = status.state
         if status.state == "running" and runtime.wait_healthy(status, timeout=2):
-            Replica.objects.filter(name=status.name).update(healthy=True, state="running")
-            continue
-        # Gone, exited or unhealthy: replace it.
+            if _answers(status):
+                Replica.objects.filter(name=status.name).update(healthy=True, state="running")
+                continue
+            # The runtime still calls it healthy (Docker needs several failed checks), but it
+            # answers nothing: a hung server. Replace it now.
+            condition = "hanging: /health did not answer"
+        # Gone, exited, unhealthy or hanging: replace it.
         runtime.remove_replica(status.name)
         Replica.objects.filter(name=status.name).delete()
-        _event(deployment, f"replica {status.name} was {status.state}; replacing it")
+        _event(deployment, f"replica {status.name} was {condition}; replacing it")
         replaced += 1
     alive = [s for s in current if Replica.objects.filter(name=s.name).exists()]
     for status in alive[deployment.replicas :]:

@@ -15,6 +15,8 @@ import re
 import shutil
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,6 +189,17 @@ class Runtime(Protocol):
 # --------------------------------------------------------------------------------------
 # helpers shared by the backends
 # --------------------------------------------------------------------------------------
+
+
+def probe_health(endpoint: str | None, timeout: float = 1.0) -> bool:
+    """Does the replica at `endpoint` answer GET /health with 200 within `timeout` seconds?"""
+    if not endpoint:
+        return False
+    try:
+        with urllib.request.urlopen(f"{endpoint}/health", timeout=timeout) as resp:  # noqa: S310 - http to our replica
+            return resp.status == 200
+    except (OSError, urllib.error.URLError, ValueError):
+        return False
 
 
 def canonical_name(name: str) -> str:

@@ -16,8 +16,6 @@ import json
 import shutil
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections import deque
 from pathlib import Path
 
@@ -39,6 +37,7 @@ from deployments_app.runtimes.base import (
     collect_wheels,
     copy_server,
     ensure_wheels,
+    probe_health,
     replica_name,
     slug,
 )
@@ -129,16 +128,6 @@ def _labels(spec: BuildSpec) -> dict[str, str]:
 
 def _public_host(publish_host: str) -> str:
     return "127.0.0.1" if publish_host in ("", "0.0.0.0", "::") else publish_host  # noqa: S104
-
-
-def _probe(endpoint: str | None, timeout: float = 1.0) -> bool:
-    if not endpoint:
-        return False
-    try:
-        with urllib.request.urlopen(f"{endpoint}/health", timeout=timeout) as resp:  # noqa: S310 - http to our replica
-            return resp.status == 200
-    except (OSError, urllib.error.URLError, ValueError):
-        return False
 
 
 class DockerRuntime:
@@ -403,7 +392,7 @@ class DockerRuntime:
                 run_state, healthy = "running", True
             elif health == "unhealthy":
                 run_state = "unhealthy"
-            elif _probe(endpoint, timeout=0.5):
+            elif probe_health(endpoint, timeout=0.5):
                 # Docker checks every 5 s; the server answering is proof enough sooner.
                 run_state, healthy = "running", True
             else:

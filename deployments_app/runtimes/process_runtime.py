@@ -28,8 +28,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,6 +43,7 @@ from deployments_app.runtimes.base import (
     copy_server,
     ensure_wheels,
     pip_env,
+    probe_health,
     replica_name,
     slug,
 )
@@ -116,14 +115,6 @@ def _cmdline(pid: int) -> list[str]:
     except OSError:
         return []
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
-
-
-def _probe(endpoint: str, timeout: float = 1.0) -> bool:
-    try:
-        with urllib.request.urlopen(f"{endpoint}/health", timeout=timeout) as resp:  # noqa: S310 - http to our replica
-            return resp.status == 200
-    except (OSError, urllib.error.URLError, ValueError):
-        return False
 
 
 def _limit_resources(memory_mb: int) -> None:
@@ -426,7 +417,7 @@ class ProcessRuntime:
             tail = self._log_tail(state)
             if tail:
                 detail += f"; last output: {tail}"
-        elif _probe(endpoint, timeout=0.5):
+        elif probe_health(endpoint, timeout=0.5):
             run_state, healthy, detail = "running", True, f"pid {state['pid']}"
         elif time.time() - float(state.get("started_at", 0)) < START_PERIOD_SECONDS:
             run_state, detail = "starting", f"pid {state['pid']}, not answering yet"

@@ -237,6 +237,62 @@ def test_replica_killed_with_docker_kill_is_replaced_by_the_reconciler(
     client.delete(f"/api/v1/deployments/{name}")
 
 
+@pytest.mark.security
+@pytest.mark.docker
+def test_hanging_replica_is_replaced_by_the_reconciler_before_docker_notices(
+    transactional_db, worker_storage, api_client, manifest, own_containers, settings
+):
+    """The model server is frozen (SIGSTOP from the host): the container still runs and
+    Docker still reports it healthy (it needs three failed checks, 5 s apart), but /health
+    answers nothing. The reconciler's own liveness probe finds it, replaces it, and the
+    deployment answers again, with an event and an audit row saying so."""
+    import os
+
+    docker_client = _docker_or_skip()
+    settings.PORTAL_LIVENESS_TIMEOUT = 1.0
+    settings.PORTAL_LIVENESS_TRIES = 2
+    entry = manifest["house_price_linreg.pkl"]
+    name = f"house-hang-{uuid.uuid4().hex[:6]}"
+    own_containers.append(name)
+    client = api_client("deployer")
+    upload_and_wait_ready(
+        client, name, FIXTURE_DIR / "house_price_linreg.pkl", entry["input_example"]
+    )
+    _launch(client, name)
+    _wait_state(name, ("running", "failed"))
+    deployment = _wait_state(name, ("running",), timeout=5)
+
+    victim = docker_client.containers.get(replica_name(name, 0))
+
+    def docker_health() -> str:
+        victim.reload()
+        return (victim.attrs["State"].get("Health") or {}).get("Status", "")
+
+    wait_for(lambda: docker_health() == "healthy", timeout=60, what="Docker's first check")
+    host_pid = victim.attrs["State"]["Pid"]
+    os.kill(host_pid, signal.SIGSTOP)
+    try:
+        assert docker_health() == "healthy"  # Docker has not noticed yet
+        summary = services.reconcile()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(host_pid, signal.SIGCONT)
+
+    assert summary["converged"] >= 1
+    replacement = docker_client.containers.get(replica_name(name, 0))
+    assert replacement.id != victim.id and replacement.status == "running"
+    assert _predict_each_replica(name, entry["input_example"], entry["expected_predict"]) == 1
+    deployment.refresh_from_db()
+    assert deployment.state == "running"
+    assert DeploymentEvent.objects.filter(
+        deployment=deployment,
+        message__contains=f"replica {victim.name} was hanging: /health did not answer",
+    ).exists()
+    audit = AuditEvent.objects.get(action="deployment.replicas_replaced", target_name=name)
+    assert audit.details == {"replaced": 1} and audit.actor_name == "reconciler"
+    client.delete(f"/api/v1/deployments/{name}")
+
+
 @pytest.mark.docker
 def test_two_reconciles_in_a_row_change_nothing_on_a_healthy_deployment(
     transactional_db, worker_storage, api_client, manifest, own_containers
