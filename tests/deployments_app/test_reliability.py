@@ -197,22 +197,27 @@ def _snapshot(name: str) -> dict[str, object]:
 # --------------------------------------------------------------------------- replicas
 
 
+def _running_house(prefix, api_client, manifest, own_containers, replicas=1):
+    """Upload the house model and deploy it (as a deployer) until it runs."""
+    entry = manifest["house_price_linreg.pkl"]
+    name = f"house-{prefix}-{uuid.uuid4().hex[:6]}"
+    own_containers.append(name)
+    client = api_client("deployer")
+    upload_and_wait_ready(
+        client, name, FIXTURE_DIR / "house_price_linreg.pkl", entry["input_example"]
+    )
+    _launch(client, name, replicas=replicas)
+    _wait_state(name, ("running", "failed"))
+    return entry, name, client, _wait_state(name, ("running",), timeout=5)
+
+
 @pytest.mark.security
 @pytest.mark.docker
 def test_replica_killed_with_docker_kill_is_replaced_by_the_reconciler(
     transactional_db, worker_storage, api_client, manifest, own_containers
 ):
     docker_client = _docker_or_skip()
-    entry = manifest["house_price_linreg.pkl"]
-    name = f"house-kill-{uuid.uuid4().hex[:6]}"
-    own_containers.append(name)
-    client = api_client("deployer")
-    upload_and_wait_ready(
-        client, name, FIXTURE_DIR / "house_price_linreg.pkl", entry["input_example"]
-    )
-    _launch(client, name)
-    _wait_state(name, ("running", "failed"))
-    deployment = _wait_state(name, ("running",), timeout=5)
+    entry, name, client, deployment = _running_house("kill", api_client, manifest, own_containers)
     _predict_each_replica(name, entry["input_example"], entry["expected_predict"])
 
     victim = docker_client.containers.get(replica_name(name, 0))
@@ -251,16 +256,7 @@ def test_hanging_replica_is_replaced_by_the_reconciler_before_docker_notices(
     docker_client = _docker_or_skip()
     settings.PORTAL_LIVENESS_TIMEOUT = 1.0
     settings.PORTAL_LIVENESS_TRIES = 2
-    entry = manifest["house_price_linreg.pkl"]
-    name = f"house-hang-{uuid.uuid4().hex[:6]}"
-    own_containers.append(name)
-    client = api_client("deployer")
-    upload_and_wait_ready(
-        client, name, FIXTURE_DIR / "house_price_linreg.pkl", entry["input_example"]
-    )
-    _launch(client, name)
-    _wait_state(name, ("running", "failed"))
-    deployment = _wait_state(name, ("running",), timeout=5)
+    entry, name, client, deployment = _running_house("hang", api_client, manifest, own_containers)
 
     victim = docker_client.containers.get(replica_name(name, 0))
 
@@ -298,16 +294,9 @@ def test_two_reconciles_in_a_row_change_nothing_on_a_healthy_deployment(
     transactional_db, worker_storage, api_client, manifest, own_containers
 ):
     _docker_or_skip()
-    entry = manifest["house_price_linreg.pkl"]
-    name = f"house-idem-{uuid.uuid4().hex[:6]}"
-    own_containers.append(name)
-    client = api_client("deployer")
-    upload_and_wait_ready(
-        client, name, FIXTURE_DIR / "house_price_linreg.pkl", entry["input_example"]
+    entry, name, client, _ = _running_house(
+        "idem", api_client, manifest, own_containers, replicas=2
     )
-    _launch(client, name, replicas=2)
-    _wait_state(name, ("running", "failed"))
-    _wait_state(name, ("running",), timeout=5)
     before = _snapshot(name)
     assert len(before["containers"]) == 2
 
