@@ -8,6 +8,7 @@ refuses to start without a secret key and allowed hosts.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import environ
@@ -161,6 +162,13 @@ else:
 # "auto" picks docker when a daemon answers, else process.
 PORTAL_RUNTIME = env.str("PORTAL_RUNTIME", default="auto")
 PORTAL_BASE_IMAGE = env.str("PORTAL_BASE_IMAGE", default="python:3.11-slim")
+# Names this portal's replicas (`<instance>-<deployment>-<i>`, label `portal.instance`): each
+# portal sharing a Docker engine sees and reconciles only its own.
+PORTAL_INSTANCE = env.str("PORTAL_INSTANCE", default="portal")
+if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,29}", PORTAL_INSTANCE):
+    raise ImproperlyConfigured(
+        f"PORTAL_INSTANCE={PORTAL_INSTANCE!r}: use 1-30 lowercase letters, digits and dashes"
+    )
 PORTAL_PUBLISH_HOST = env.str("PORTAL_PUBLISH_HOST", default="127.0.0.1")
 PORTAL_BUILD_TIMEOUT = env.int("PORTAL_BUILD_TIMEOUT", default=900)
 PORTAL_START_TIMEOUT = env.int("PORTAL_START_TIMEOUT", default=90)

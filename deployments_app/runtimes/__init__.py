@@ -48,4 +48,5 @@ def get_runtime(name: str | None = None):
         state_root=settings.PORTAL_DATA_DIR / "runtime",
         env_root=settings.PORTAL_ENV_CACHE / "servers",
         build_timeout=settings.PORTAL_BUILD_TIMEOUT,
+        instance=settings.PORTAL_INSTANCE,
     )

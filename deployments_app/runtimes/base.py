@@ -212,8 +212,12 @@ def slug(value: str, max_len: int = 60) -> str:
     return cleaned[:max_len].strip("-") or "x"
 
 
-def replica_name(deployment: str, index: int) -> str:
-    return f"portal-{slug(deployment)}-{index}"
+DEFAULT_INSTANCE = "portal"
+
+
+def replica_name(deployment: str, index: int, instance: str = DEFAULT_INSTANCE) -> str:
+    """`<instance>-<deployment>-<index>`: portals sharing one engine never share a name."""
+    return f"{instance}-{slug(deployment)}-{index}"
 
 
 def server_code_hash(server_dir: Path) -> str:

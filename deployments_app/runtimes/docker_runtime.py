@@ -23,6 +23,7 @@ import docker
 import docker.errors
 
 from deployments_app.runtimes.base import (
+    DEFAULT_INSTANCE,
     RUNTIME_UID,
     SERVER_PORT,
     BuildError,
@@ -45,6 +46,7 @@ from deployments_app.runtimes.base import (
 BUILD_TIMEOUT = 1800
 PORT_KEY = f"{SERVER_PORT}/tcp"
 MANAGED = "portal.managed"
+INSTANCE = "portal.instance"
 
 
 def client(timeout: int = 10) -> docker.DockerClient:
@@ -135,9 +137,18 @@ class DockerRuntime:
 
     name = "docker"
 
-    def __init__(self, *, build_timeout: int = BUILD_TIMEOUT, nocache: bool = False):
+    def __init__(
+        self,
+        *,
+        build_timeout: int = BUILD_TIMEOUT,
+        nocache: bool = False,
+        instance: str = DEFAULT_INSTANCE,
+    ):
         self.build_timeout = build_timeout
         self.nocache = nocache
+        # Replicas carry `portal.instance`; this runtime sees and removes only its own, so
+        # several portals (or test runs) can share one engine.
+        self.instance = instance
 
     # -- images ----------------------------------------------------------------------
 
@@ -254,7 +265,7 @@ class DockerRuntime:
         limits: ReplicaLimits,
         publish_host: str,
     ) -> ReplicaStatus:
-        name = replica_name(deployment, index)
+        name = replica_name(deployment, index, self.instance)
         c = client(timeout=60)
         try:
             try:
@@ -267,6 +278,7 @@ class DockerRuntime:
                 existing.remove(force=True)
             labels = {
                 MANAGED: "1",
+                INSTANCE: self.instance,
                 "portal.deployment": deployment,
                 "portal.replica": str(index),
                 "portal.version": str(spec.version),
@@ -330,7 +342,7 @@ class DockerRuntime:
         c = client()
         try:
             containers = c.containers.list(all=True, filters={"label": filters})
-            found = [self._status(container) for container in containers]
+            found = [self._status(container) for container in containers if self._mine(container)]
         finally:
             c.close()
         return sorted(found, key=lambda s: (s.deployment, s.index))
@@ -368,6 +380,10 @@ class DockerRuntime:
             return docker_ping()
         except Exception:  # noqa: BLE001 - no SDK, no socket, no daemon: all mean "no docker"
             return False
+
+    def _mine(self, container) -> bool:
+        # Replicas started before the label existed belong to the default instance.
+        return container.labels.get(INSTANCE, DEFAULT_INSTANCE) == self.instance
 
     @staticmethod
     def _status(container) -> ReplicaStatus:

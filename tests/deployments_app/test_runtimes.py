@@ -321,6 +321,28 @@ def test_docker_replicas_serve_predictions_hardened_and_are_found_by_label(
         )
         assert again.name == started[0].name
         assert c.containers.get(again.name).id == container.id
+        assert container.labels["portal.instance"] == "portal"
+
+        # A second portal on the same engine: same deployment name, its own container; each
+        # portal lists (and so reconciles) only its own replicas.
+        from deployments_app.runtimes.docker_runtime import DockerRuntime
+
+        other = DockerRuntime(instance=f"other-{RUN_ID[:8]}")
+        theirs = other.start_replica(
+            deployment=deployment,
+            index=0,
+            build=build,
+            spec=spec,
+            limits=limits,
+            publish_host="127.0.0.1",
+        )
+        try:
+            assert theirs.name == f"other-{RUN_ID[:8]}-{deployment}-0" != started[0].name
+            assert [s.name for s in other.list_replicas(deployment)] == [theirs.name]
+            assert theirs.name not in {s.name for s in docker_rt.list_replicas()}
+            assert c.containers.get(started[0].name).id == container.id  # untouched
+        finally:
+            other.remove_replica(theirs.name)
 
         c.containers.get(started[1].name).kill()
     finally:

@@ -65,3 +65,10 @@ def test_check_deploy_passes_in_production_mode(tmp_path):
     )
     assert result.returncode == 0, result.stderr + result.stdout
     assert "no issues" in result.stdout
+
+
+@pytest.mark.parametrize("instance", ["Prod", "a_b", "x" * 31, "-lead"])
+def test_an_instance_name_that_cannot_name_containers_is_refused(tmp_path, instance):
+    result = _run(["check"], {"PORTAL_INSTANCE": instance}, tmp_path)
+    assert result.returncode != 0
+    assert "PORTAL_INSTANCE" in result.stderr
