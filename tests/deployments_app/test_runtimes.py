@@ -263,17 +263,18 @@ def test_docker_replicas_serve_predictions_hardened_and_are_found_by_label(
     spec, build, _ = docker_builds["spam"]
     deployment = spec.deployment
     limits = ReplicaLimits(memory_mb=512, cpus=1.0, pids=128, tmpfs_mb=64)
-    started = [
-        docker_rt.start_replica(
+
+    def start(runtime, index):
+        return runtime.start_replica(
             deployment=deployment,
-            index=i,
+            index=index,
             build=build,
             spec=spec,
             limits=limits,
             publish_host="127.0.0.1",
         )
-        for i in (0, 1)
-    ]
+
+    started = [start(docker_rt, i) for i in (0, 1)]
     assert [s.name for s in started] == [replica_name(deployment, 0), replica_name(deployment, 1)]
     for status in started:
         assert docker_rt.wait_healthy(status, HEALTH_TIMEOUT), status
@@ -311,14 +312,7 @@ def test_docker_replicas_serve_predictions_hardened_and_are_found_by_label(
         assert container.labels["portal.replica"] == "0"
 
         # Idempotent: the same name and image reuse the running container.
-        again = docker_rt.start_replica(
-            deployment=deployment,
-            index=0,
-            build=build,
-            spec=spec,
-            limits=limits,
-            publish_host="127.0.0.1",
-        )
+        again = start(docker_rt, 0)
         assert again.name == started[0].name
         assert c.containers.get(again.name).id == container.id
         assert container.labels["portal.instance"] == "portal"
@@ -328,14 +322,7 @@ def test_docker_replicas_serve_predictions_hardened_and_are_found_by_label(
         from deployments_app.runtimes.docker_runtime import DockerRuntime
 
         other = DockerRuntime(instance=f"other-{RUN_ID[:8]}")
-        theirs = other.start_replica(
-            deployment=deployment,
-            index=0,
-            build=build,
-            spec=spec,
-            limits=limits,
-            publish_host="127.0.0.1",
-        )
+        theirs = start(other, 0)
         try:
             assert theirs.name == f"other-{RUN_ID[:8]}-{deployment}-0" != started[0].name
             assert [s.name for s in other.list_replicas(deployment)] == [theirs.name]
