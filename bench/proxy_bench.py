@@ -334,21 +334,6 @@ def deps_images(pins: str) -> set[str]:
         c.close()
 
 
-def image_exists(ref: str) -> bool:
-    import docker.errors
-
-    from deployments_app.runtimes.docker_runtime import client
-
-    c = client()
-    try:
-        c.images.get(ref)
-        return True
-    except docker.errors.ImageNotFound:
-        return False
-    finally:
-        c.close()
-
-
 def flask_python(tmp: Path) -> str:
     """A throwaway venv with flask; scikit-learn 1.5.2 from the portal's cached environment
     when there is one (a .pth file, read-only), else installed from the package index."""
@@ -509,7 +494,7 @@ class Bench:
             self.pins = spec.pins_hash()
             self.deps_before = deps_images(self.pins)
             self.image = image_tag(spec)
-            self.remove_image = not image_exists(self.image)
+            self.remove_image = not self.runtime.has_image(self.image)
         started = time.monotonic()
         build = self.runtime.build(spec, log=lambda _line: None)
         if self.runtime.name != "docker":

@@ -468,6 +468,10 @@ def _latest_build(deployment: Deployment, version: ModelVersion) -> BuildResult 
     )
     if build is None:
         return None
+    if not _runtime(deployment).has_image(build.image_ref):
+        # Pruned (by images_prune or by hand): build it again, from the layer cache if any.
+        _event(deployment, f"image {build.image_ref} is gone; building it again")
+        return None
     return BuildResult(
         ref=build.image_ref,
         digest=build.image_digest,
@@ -683,6 +687,33 @@ def reconcile(*, request_id: str = "") -> dict[str, int]:
     summary["validations_requeued"] = model_version_requeue_stale(
         older_than_seconds=settings.PORTAL_STALE_SECONDS, request_id=request_id
     )
+    return summary
+
+
+def images_prune(*, min_age_s: float | None = None, request_id: str = "") -> dict[str, Any]:
+    """Remove the images (process builds) of this portal that no build record keeps: those of
+    deleted deployments and superseded builds. Images a replica runs stay (the runtime
+    refuses), and so do images younger than PORTAL_IMAGE_PRUNE_MIN_AGE (a build in flight
+    is not recorded yet). Run by Celery beat every PORTAL_IMAGE_PRUNE_SECONDS."""
+    if min_age_s is None:
+        min_age_s = settings.PORTAL_IMAGE_PRUNE_MIN_AGE
+    keep = set(Build.objects.exclude(image_ref="").values_list("image_ref", flat=True))
+    runtime = get_runtime()
+    pruned = runtime.prune_images(keep, min_age_s=min_age_s)
+    summary = {
+        "runtime": runtime.name,
+        "removed": [p.ref for p in pruned],
+        "freed_bytes": sum(p.size_bytes for p in pruned),
+    }
+    if pruned:
+        audit_record(
+            actor=Actor.system("image-pruner", request_id),
+            action="runtime.images_pruned",
+            target_type="runtime",
+            target_name=runtime.name,
+            details=summary,
+        )
+        log.info("pruned %d image(s), %d bytes", len(pruned), summary["freed_bytes"])
     return summary
 
 

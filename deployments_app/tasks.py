@@ -45,3 +45,13 @@ def reconcile() -> None:
         cache.set(RECONCILE_LAST_KEY, timezone.now().isoformat(), timeout=None)
     finally:
         cache.delete("portal:reconcile-lock")
+
+
+@shared_task(ignore_result=True)
+def prune_images() -> None:
+    if not cache.add("portal:prune-lock", "1", timeout=3600):
+        return
+    try:
+        services.images_prune()
+    finally:
+        cache.delete("portal:prune-lock")

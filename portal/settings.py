@@ -136,12 +136,20 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 PORTAL_RECONCILE_SECONDS = env.float("PORTAL_RECONCILE_SECONDS", default=10.0)
+# Images (process builds) no build record keeps are removed this often, once this old.
+PORTAL_IMAGE_PRUNE_SECONDS = env.float("PORTAL_IMAGE_PRUNE_SECONDS", default=6 * 3600.0)
+PORTAL_IMAGE_PRUNE_MIN_AGE = env.float("PORTAL_IMAGE_PRUNE_MIN_AGE", default=3600.0)
 CELERY_BEAT_SCHEDULE = {
     "reconcile-deployments": {
         "task": "deployments_app.tasks.reconcile",
         "schedule": PORTAL_RECONCILE_SECONDS,
         # A reconcile that waited longer than one period is superseded by the next one.
         "options": {"expires": PORTAL_RECONCILE_SECONDS},
+    },
+    "prune-images": {
+        "task": "deployments_app.tasks.prune_images",
+        "schedule": PORTAL_IMAGE_PRUNE_SECONDS,
+        "options": {"expires": PORTAL_IMAGE_PRUNE_SECONDS},
     },
 }
 

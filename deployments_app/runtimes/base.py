@@ -17,7 +17,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
@@ -134,6 +134,12 @@ class BuildResult:
 
 
 @dataclass(frozen=True)
+class PrunedImage:
+    ref: str  # the tag (or build directory tag) removed
+    size_bytes: int
+
+
+@dataclass(frozen=True)
 class ReplicaLimits:
     memory_mb: int = 512
     cpus: float = 1.0
@@ -182,6 +188,13 @@ class Runtime(Protocol):
     def wait_healthy(self, status: ReplicaStatus, timeout: float) -> bool: ...
 
     def remove_image(self, ref: str) -> None: ...
+
+    def has_image(self, ref: str) -> bool: ...
+
+    def prune_images(self, keep: Collection[str], *, min_age_s: float) -> list[PrunedImage]:
+        """Remove this portal's images (builds) not in `keep`, not used by a replica and older
+        than `min_age_s` (so that a build that has not been recorded yet is spared)."""
+        ...
 
     def ping(self) -> bool: ...
 

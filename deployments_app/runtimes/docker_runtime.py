@@ -6,8 +6,9 @@ with the same pins shares that layer and a second model builds in seconds), the 
 copies the venv, the model server and finally the model file, so only the last layer
 differs between models. The wheels never reach the final image.
 
-Replicas are hardened containers named `portal-<deployment>-<index>`, found again by
-their labels after a portal restart.
+Replicas are hardened containers named `<instance>-<deployment>-<index>` (the instance is
+`portal` unless PORTAL_INSTANCE says otherwise), found again by their labels after a portal
+restart.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import shutil
 import tempfile
 import time
 from collections import deque
+from collections.abc import Collection
+from datetime import datetime
 from pathlib import Path
 
 import docker
@@ -30,6 +33,7 @@ from deployments_app.runtimes.base import (
     BuildResult,
     BuildSpec,
     LogFn,
+    PrunedImage,
     ReplicaError,
     ReplicaLimits,
     ReplicaState,
@@ -128,6 +132,26 @@ def _labels(spec: BuildSpec) -> dict[str, str]:
     }
 
 
+def _created(image) -> float:
+    """An image's creation time (epoch seconds); unknown counts as now (never pruned)."""
+    raw = str(image.attrs.get("Created") or "")
+    try:
+        return datetime.fromisoformat(raw[:26].rstrip("Z") + "+00:00").timestamp()
+    except ValueError:
+        return time.time()
+
+
+def _remove_quietly(c: docker.DockerClient, ref: str) -> bool:
+    """Remove an image (no force); False when the engine refuses (a container uses it)."""
+    try:
+        c.images.remove(ref)
+    except docker.errors.ImageNotFound:
+        pass
+    except docker.errors.APIError:
+        return False
+    return True
+
+
 def _public_host(publish_host: str) -> str:
     return "127.0.0.1" if publish_host in ("", "0.0.0.0", "::") else publish_host  # noqa: S104
 
@@ -220,7 +244,7 @@ class DockerRuntime:
                 forcerm=True,
                 pull=False,
                 nocache=self.nocache,
-                labels=_labels(spec),
+                labels={**_labels(spec), INSTANCE: self.instance},
                 timeout=self.build_timeout,
             )
             for chunk in stream:
@@ -252,6 +276,52 @@ class DockerRuntime:
             raise RuntimeBackendError(f"cannot remove image {ref}: {exc.explanation}") from exc
         finally:
             c.close()
+
+    def has_image(self, ref: str) -> bool:
+        c = client()
+        try:
+            c.images.get(ref)
+            return True
+        except docker.errors.ImageNotFound:
+            return False
+        finally:
+            c.close()
+
+    def prune_images(self, keep: Collection[str], *, min_age_s: float) -> list[PrunedImage]:
+        """Model images of this instance that nothing keeps, then dependency stages whose pins
+        no model image (of any instance) uses any more. An image a container still uses is
+        refused by the engine and stays."""
+        keep = set(keep)
+        cutoff = time.time() - min_age_s
+        pruned: list[PrunedImage] = []
+        c = client(timeout=120)
+        try:
+            images = c.images.list(filters={"label": f"{MANAGED}=1"})
+            for image in images:
+                labels = image.labels or {}
+                if labels.get("portal.stage") == "deps" or _created(image) > cutoff:
+                    continue
+                if labels.get(INSTANCE, DEFAULT_INSTANCE) != self.instance:
+                    continue
+                if not image.tags or set(image.tags) & keep:
+                    continue
+                if all(_remove_quietly(c, tag) for tag in image.tags):
+                    pruned.append(PrunedImage(image.tags[0], int(image.attrs.get("Size") or 0)))
+            in_use = {
+                (image.labels or {}).get("portal.pins")
+                for image in c.images.list(filters={"label": f"{MANAGED}=1"})
+                if (image.labels or {}).get("portal.stage") != "deps"
+            }
+            for image in images:
+                labels = image.labels or {}
+                if labels.get("portal.stage") != "deps" or labels.get("portal.pins") in in_use:
+                    continue
+                if _created(image) <= cutoff and _remove_quietly(c, image.id):
+                    ref = f"deps:{labels.get('portal.pins', '')[:12]}"
+                    pruned.append(PrunedImage(ref, int(image.attrs.get("Size") or 0)))
+        finally:
+            c.close()
+        return pruned
 
     # -- replicas --------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 from deployments_app.runtimes.base import (
@@ -36,6 +36,7 @@ from deployments_app.runtimes.base import (
     BuildResult,
     BuildSpec,
     LogFn,
+    PrunedImage,
     ReplicaError,
     ReplicaLimits,
     ReplicaState,
@@ -230,6 +231,32 @@ class ProcessRuntime:
     def remove_image(self, ref: str) -> None:
         """Remove a build directory; the shared venv stays as the cache."""
         shutil.rmtree(self._build_dir(Path(ref).name), ignore_errors=True)
+
+    def has_image(self, ref: str) -> bool:
+        return (self._build_dir(Path(ref).name) / "build.json").is_file()
+
+    def prune_images(self, keep: Collection[str], *, min_age_s: float) -> list[PrunedImage]:
+        """Build directories not kept, not run by a live replica and older than `min_age_s`.
+        The environments they point to are a machine-wide cache (PORTAL_ENV_CACHE) and stay."""
+        keep = {Path(ref).name for ref in keep}
+        for path in (self.state_root / "replicas").glob("*.json"):
+            state = self._read_state(path.stem)
+            if state is not None and self._alive(state):
+                keep.add(str(state.get("build", "")))
+        cutoff = time.time() - min_age_s
+        pruned = []
+        for build_dir in sorted((self.state_root / "builds").glob("*")):
+            if build_dir.name.startswith(".") or build_dir.name in keep:
+                continue  # "." : a build being written
+            try:
+                if build_dir.stat().st_mtime > cutoff:
+                    continue
+            except OSError:
+                continue
+            size = _dir_size(build_dir)
+            shutil.rmtree(build_dir, ignore_errors=True)
+            pruned.append(PrunedImage(build_dir.name, size))
+        return pruned
 
     # -- replicas --------------------------------------------------------------------
 

@@ -290,6 +290,37 @@ def test_hanging_replica_is_replaced_by_the_reconciler_before_docker_notices(
 
 
 @pytest.mark.docker
+def test_replica_whose_image_was_pruned_is_rebuilt_and_replaced(
+    transactional_db, worker_storage, api_client, manifest, own_containers
+):
+    """An operator ran `docker image rm -f` (or a prune) on a running deployment's image,
+    then its replica died: the reconciler builds the image again (from the layer cache)
+    instead of failing to start a container from an image that is gone."""
+    docker_client = _docker_or_skip()
+    entry, name, client, deployment = _running_house("pruned", api_client, manifest, own_containers)
+    build = Build.objects.filter(deployment=deployment, status="succeeded").latest("id")
+    victim = docker_client.containers.get(replica_name(name, 0))
+    docker_client.images.remove(build.image_ref, force=True)  # untagged; the container runs on
+    victim.kill()
+    wait_for(
+        lambda: (victim.reload() or victim.status) == "exited", timeout=30, what="kill to land"
+    )
+
+    services.reconcile()
+
+    replacement = docker_client.containers.get(replica_name(name, 0))
+    assert replacement.id != victim.id and replacement.status == "running"
+    assert _predict_each_replica(name, entry["input_example"], entry["expected_predict"]) == 1
+    assert DeploymentEvent.objects.filter(
+        deployment=deployment, message=f"image {build.image_ref} is gone; building it again"
+    ).exists()
+    assert docker_client.images.get(build.image_ref)  # rebuilt under the same tag
+    deployment.refresh_from_db()
+    assert deployment.state == "running"
+    client.delete(f"/api/v1/deployments/{name}")
+
+
+@pytest.mark.docker
 def test_two_reconciles_in_a_row_change_nothing_on_a_healthy_deployment(
     transactional_db, worker_storage, api_client, manifest, own_containers
 ):

@@ -451,6 +451,15 @@ def test_process_replicas_serve_predictions_and_survive_a_portal_restart(process
     assert states[1].endpoint is None and not states[1].healthy
     assert states[0].state == "running"
 
+    # Pruning: a build that nothing keeps goes; the one a live replica runs stays.
+    spare_spec = _spec(tmp_path, "spam", deployment=f"p-{RUN_ID}", version=2)
+    spare = runtime.build(spare_spec, log=lambda _line: None)
+    assert spare.ref != build.ref and runtime.has_image(spare.ref)
+    assert runtime.prune_images([], min_age_s=3600) == []  # both younger than that
+    pruned = runtime.prune_images([], min_age_s=0)
+    assert [p.ref for p in pruned] == [spare.ref] and pruned[0].size_bytes > 0
+    assert not runtime.has_image(spare.ref) and runtime.has_image(build.ref)
+
     for status in started:
         runtime.stop_replica(status.name)
     assert not _pid_alive(pid0)
