@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from celery import shared_task
 from django.core.cache import cache
 from django.utils import timezone
@@ -34,24 +37,30 @@ def update(deployment_id: int, *, request_id: str = "", version_id: int) -> None
     )
 
 
-@shared_task(ignore_result=True)
-def reconcile() -> None:
-    # One reconciler at a time across workers; the lock expires if a worker dies holding it.
-    if not cache.add("portal:reconcile-lock", "1", timeout=300):
+@contextlib.contextmanager
+def _alone(name: str, timeout: int) -> Iterator[bool]:
+    """One run at a time across workers; the lock expires if a worker dies holding it."""
+    key = f"portal:{name}-lock"
+    if not cache.add(key, "1", timeout=timeout):
+        yield False
         return
     try:
-        services.reconcile()
-        # The dashboard shows when this last completed (a stale time means beat is down).
-        cache.set(RECONCILE_LAST_KEY, timezone.now().isoformat(), timeout=None)
+        yield True
     finally:
-        cache.delete("portal:reconcile-lock")
+        cache.delete(key)
+
+
+@shared_task(ignore_result=True)
+def reconcile() -> None:
+    with _alone("reconcile", timeout=300) as mine:
+        if mine:
+            services.reconcile()
+            # The dashboard shows when this last completed (a stale time means beat is down).
+            cache.set(RECONCILE_LAST_KEY, timezone.now().isoformat(), timeout=None)
 
 
 @shared_task(ignore_result=True)
 def prune_images() -> None:
-    if not cache.add("portal:prune-lock", "1", timeout=3600):
-        return
-    try:
-        services.images_prune()
-    finally:
-        cache.delete("portal:prune-lock")
+    with _alone("prune", timeout=3600) as mine:
+        if mine:
+            services.images_prune()

@@ -30,8 +30,6 @@ BASE_IMAGE = os.environ.get("PORTAL_BASE_IMAGE", "portal-base:bookworm")
 if BASE_IMAGE.startswith("python:"):
     BASE_IMAGE = "portal-base:bookworm"
 
-pytestmark = pytest.mark.docker
-
 
 @pytest.fixture
 def engine():
@@ -91,6 +89,7 @@ def _exists(c, ref: str) -> bool:
         return False
 
 
+@pytest.mark.docker
 def test_docker_prune_removes_only_unkept_old_images_of_its_instance(engine, old_test_images):
     from deployments_app.runtimes.docker_runtime import DockerRuntime
 
@@ -139,6 +138,7 @@ def _deployment_with_build(name: str, image_ref: str) -> Deployment:
     return deployment
 
 
+@pytest.mark.docker
 def test_prune_service_keeps_recorded_builds_audits_and_the_command_reports(
     db, engine, old_test_images, settings, capsys
 ):
@@ -167,3 +167,25 @@ def test_prune_service_keeps_recorded_builds_audits_and_the_command_reports(
     call_command("prune_images", "--min-age", "3600")
     assert "0 image(s) removed from docker" in capsys.readouterr().out
     assert AuditEvent.objects.filter(action="runtime.images_pruned").count() == 1
+
+
+def test_prune_task_is_scheduled_and_runs_one_at_a_time(monkeypatch, settings):
+    from django.core.cache import cache
+
+    from deployments_app import tasks
+
+    entry = settings.CELERY_BEAT_SCHEDULE["prune-images"]
+    assert entry["task"] == "deployments_app.tasks.prune_images"
+    assert entry["schedule"] == settings.PORTAL_IMAGE_PRUNE_SECONDS
+    runs = []
+    monkeypatch.setattr(services, "images_prune", lambda: runs.append(1))
+    assert cache.add("portal:prune-lock", "1", timeout=60)  # another worker is pruning
+    try:
+        tasks.prune_images()
+        assert runs == []
+    finally:
+        cache.delete("portal:prune-lock")
+    tasks.prune_images()
+    assert runs == [1]
+    assert cache.add("portal:prune-lock", "1", timeout=1)  # released after the run
+    cache.delete("portal:prune-lock")
