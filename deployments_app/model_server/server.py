@@ -33,6 +33,8 @@ Endpoints:
 from __future__ import annotations
 
 import argparse
+import asyncio
+import concurrent.futures
 import json
 import math
 import os
@@ -46,6 +48,8 @@ import numpy as np
 SERVER_NAME = "model-portal-sklearn-server"
 SERVER_VERSION = "1"
 DEFAULT_MAX_BODY = 10 * 1024 * 1024
+# Bodies up to this size are parsed and predicted on the event loop; larger ones on a thread.
+INLINE_BODY_BYTES = 16 * 1024
 
 # Estimators that take strings (or arbitrary objects) as input: when a model
 # contains one, non-numeric input is passed through instead of rejected.
@@ -317,6 +321,16 @@ class ModelState:
         return pred, probs
 
 
+def _parse_json(body: bytes) -> dict:
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise BadRequest("the JSON body must be an object")
+    return payload
+
+
 def _plain(value):
     """numpy scalars/arrays -> plain JSON values; NaN/inf -> None."""
     if isinstance(value, list):
@@ -400,6 +414,7 @@ class App:
             else (cfg.max_body_bytes if cfg is not None else DEFAULT_MAX_BODY)
         )
         self.access_log = access_log
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._health_body = b""
         if state is not None:
             self._on_ready()
@@ -460,7 +475,7 @@ class App:
             if method != "POST":
                 return _method_not_allowed("POST")
             state = self._ready_state()
-            return self._predict(state, await self._read_json(scope, receive))
+            return await self._compute(self._predict, state, await self._read_body(scope, receive))
         if path == "/health" or path == "/":
             if method not in ("GET", "HEAD"):
                 return _method_not_allowed("GET, HEAD")
@@ -476,7 +491,18 @@ class App:
             raise BadRequest("model not loaded yet", 503)
         return self.state
 
-    async def _read_json(self, scope, receive):
+    async def _compute(self, fn, state: ModelState, body: bytes):
+        """Small calls are answered on the event loop (no thread hop on the hot path); bigger
+        ones, parsing included, on the predict thread, so that /health keeps answering while
+        a large batch is computed (a liveness probe must not mistake it for a hang)."""
+        if len(body) <= INLINE_BODY_BYTES:
+            return fn(state, _parse_json(body))
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="predict")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, lambda: fn(state, _parse_json(body)))
+
+    async def _read_body(self, scope, receive) -> bytes:
         limit = self.max_body
         for name, value in scope["headers"]:
             if name == b"content-length":
@@ -506,13 +532,7 @@ class App:
             raise BadRequest(f"request body over {limit} bytes", 413)
         if not body:
             raise BadRequest("empty request body: JSON expected")
-        try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BadRequest(f"malformed JSON: {exc}") from None
-        if not isinstance(payload, dict):
-            raise BadRequest("the JSON body must be an object")
-        return payload
+        return body
 
     # -- /predict --------------------------------------------------------------
 
@@ -582,7 +602,7 @@ class App:
         if action == "infer":
             if method != "POST":
                 return _method_not_allowed("POST")
-            return self._v2_infer(state, await self._read_json(scope, receive))
+            return await self._compute(self._v2_infer, state, await self._read_body(scope, receive))
         if method not in ("GET", "HEAD"):
             return _method_not_allowed("GET, HEAD")
         if action == "ready":

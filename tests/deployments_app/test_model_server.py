@@ -557,3 +557,50 @@ def test_python_dash_m_model_server(tmp_path, manifest):
         assert np.allclose(r.json()["predictions"], entry["expected_predict"])
     finally:
         server.stop()
+
+
+def test_health_answers_while_a_large_batch_is_computed(tmp_path):
+    """A big batch is parsed and predicted on the server's predict thread: /health (what
+    the reconciler's liveness probe calls) and small calls keep answering meanwhile."""
+    import joblib
+    from sklearn.linear_model import LinearRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    from tests.deployments_app.slow_step import slow_identity
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3))
+    model = make_pipeline(FunctionTransformer(slow_identity), LinearRegression())
+    model.fit(x, x @ [1.0, 2.0, 3.0])
+    joblib.dump(model, tmp_path / "slow.joblib")
+    argv = [
+        PYTHON, str(SERVER_DIR / "server.py"),
+        "--model", str(tmp_path / "slow.joblib"), "--format", "joblib",
+        "--name", "slow", "--version", "1", "--host", "127.0.0.1", "--port", "0",
+    ]  # fmt: skip
+    env = _clean_env(PYTHONPATH=str(REPO))
+    server = ServerProcess(argv, cwd=tmp_path, env=env, log=tmp_path / "stderr.log")
+    try:
+        server.wait_listening()
+        big = rng.normal(size=(2500, 3)).round(6).tolist()  # ~2.5 s in the slow step
+        with (
+            httpx.Client(base_url=server.url, timeout=30) as client,
+            concurrent.futures.ThreadPoolExecutor(1) as pool,
+        ):
+            pending = pool.submit(client.post, "/predict", json={"instances": big})
+            time.sleep(0.5)  # the batch is being computed now
+            started = time.monotonic()
+            health = client.get("/health", timeout=1.0)
+            small = client.post("/predict", json={"instances": [[1, 1, 1]]}, timeout=1.0)
+            quick = time.monotonic() - started
+            assert not pending.done()  # still computing: the answers above did not wait
+            answer = pending.result(timeout=30)
+        assert health.status_code == 200 and quick < 1.0
+        assert small.json()["predictions"] == pytest.approx([6.0])
+        assert answer.status_code == 200
+        assert answer.json()["predictions"] == pytest.approx(
+            (np.asarray(big) @ [1.0, 2.0, 3.0]).tolist(), abs=1e-6
+        )
+    finally:
+        server.stop()
