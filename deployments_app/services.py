@@ -18,7 +18,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from deployments_app.models import Build, Deployment, DeploymentEvent, Replica
-from deployments_app.runtimes import get_runtime, runtime_name
+from deployments_app.runtimes import available_runtimes, get_runtime, runtime_name
 from deployments_app.runtimes.base import BuildResult, BuildSpec, ReplicaLimits, probe_health
 from models_app.models import ModelVersion
 from models_app.storage import artifact_path
@@ -698,22 +698,22 @@ def images_prune(*, min_age_s: float | None = None, request_id: str = "") -> dic
     if min_age_s is None:
         min_age_s = settings.PORTAL_IMAGE_PRUNE_MIN_AGE
     keep = set(Build.objects.exclude(image_ref="").values_list("image_ref", flat=True))
-    runtime = get_runtime()
-    pruned = runtime.prune_images(keep, min_age_s=min_age_s)
-    summary = {
-        "runtime": runtime.name,
-        "removed": [p.ref for p in pruned],
-        "freed_bytes": sum(p.size_bytes for p in pruned),
-    }
-    if pruned:
+    summary: dict[str, Any] = {"runtimes": available_runtimes(), "removed": [], "freed_bytes": 0}
+    # Every backend this machine has: deployments choose theirs, and a deleted one's builds
+    # stay behind on whichever it used.
+    for name in summary["runtimes"]:
+        pruned = get_runtime(name).prune_images(keep, min_age_s=min_age_s)
+        summary["removed"] += [p.ref for p in pruned]
+        summary["freed_bytes"] += sum(p.size_bytes for p in pruned)
+    if summary["removed"]:
         audit_record(
             actor=Actor.system("image-pruner", request_id),
             action="runtime.images_pruned",
             target_type="runtime",
-            target_name=runtime.name,
+            target_name=", ".join(summary["runtimes"]),
             details=summary,
         )
-        log.info("pruned %d image(s), %d bytes", len(pruned), summary["freed_bytes"])
+        log.info("pruned %d image(s), %d bytes", len(summary["removed"]), summary["freed_bytes"])
     return summary
 
 

@@ -21,6 +21,11 @@ def _docker_answers() -> bool:
         return False
 
 
+def available_runtimes() -> list[str]:
+    """The backends this machine can use now: process always, docker when its daemon answers."""
+    return ["docker", "process"] if _docker_answers() else ["process"]
+
+
 def runtime_name() -> str:
     configured = settings.PORTAL_RUNTIME
     if configured == "auto":

@@ -140,32 +140,40 @@ def _deployment_with_build(name: str, image_ref: str) -> Deployment:
 
 @pytest.mark.docker
 def test_prune_service_keeps_recorded_builds_audits_and_the_command_reports(
-    db, engine, old_test_images, settings, capsys
+    db, engine, old_test_images, settings, capsys, tmp_path
 ):
     from django.core.management import call_command
 
-    settings.PORTAL_RUNTIME = "docker"
     settings.PORTAL_INSTANCE = INSTANCE
+    settings.PORTAL_DATA_DIR = tmp_path  # the process runtime's builds: one old, one recorded
+    builds = tmp_path / "runtime" / "builds"
+    for tag in ("proc-recorded", "proc-deleted"):
+        (builds / tag).mkdir(parents=True)
+        (builds / tag / "build.json").write_text("{}")
+        os.utime(builds / tag, (time.time() - 7200, time.time() - 7200))
     c = engine
     recorded = f"portal-model/prune-{RUN_ID}-recorded:v1"
     deleted = f"portal-model/prune-{RUN_ID}-deleted:v1"
     for tag in (recorded, deleted):
         _image(c, tag, **{"portal.instance": INSTANCE})
     _deployment_with_build(f"recorded-{RUN_ID}", recorded)
+    _deployment_with_build(f"proc-recorded-{RUN_ID}", "proc-recorded")
     gone = _deployment_with_build(f"deleted-{RUN_ID}", deleted)
     gone.delete()  # its Build rows go with it (as deployment_delete does)
 
     summary = services.images_prune(min_age_s=3600)
 
-    assert summary["runtime"] == "docker" and summary["removed"] == [deleted]
+    assert summary["runtimes"] == ["docker", "process"]
+    assert summary["removed"] == [deleted, "proc-deleted"]
     assert _exists(c, recorded) and not _exists(c, deleted)
+    assert (builds / "proc-recorded").exists() and not (builds / "proc-deleted").exists()
     audit = AuditEvent.objects.get(action="runtime.images_pruned")
-    assert audit.actor_name == "image-pruner" and audit.details["removed"] == [deleted]
+    assert audit.actor_name == "image-pruner" and audit.details["removed"] == summary["removed"]
     assert audit.details["freed_bytes"] == summary["freed_bytes"] > 0
 
     # Nothing left to prune: no second audit row; the command says so.
     call_command("prune_images", "--min-age", "3600")
-    assert "0 image(s) removed from docker" in capsys.readouterr().out
+    assert "0 image(s) removed (docker, process)" in capsys.readouterr().out
     assert AuditEvent.objects.filter(action="runtime.images_pruned").count() == 1
 
 

@@ -24,7 +24,7 @@ class Command(BaseCommand):
         freed = summary["freed_bytes"] / 1e6
         self.stdout.write(
             self.style.SUCCESS(
-                f"{len(summary['removed'])} image(s) removed from {summary['runtime']}, "
+                f"{len(summary['removed'])} image(s) removed ({', '.join(summary['runtimes'])}), "
                 f"{freed:.1f} MB freed"
             )
         )
