@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
@@ -494,12 +495,26 @@ def _answers(status: Any) -> bool:
     return False
 
 
-def deployment_converge(*, deployment_id: int, request_id: str = "") -> None:
+def deployment_converge(*, deployment_id: int, request_id: str = "") -> bool:
     """Make the healthy replicas of the current version number `replicas`.
 
-    Dead or unhealthy replicas are replaced, extra ones removed, missing ones started on
-    indexes not in use. Used by scale and by the reconciler.
+    Dead, unhealthy or hung replicas are replaced, extra ones removed, missing ones started
+    on indexes not in use. Used by scale and by the reconciler, one worker at a time per
+    deployment (a replica that another worker is still starting must not be judged
+    unhealthy and replaced); returns False when another worker holds the deployment.
     """
+    key = f"portal:converge-{deployment_id}"
+    hold = settings.PORTAL_BUILD_TIMEOUT + settings.PORTAL_START_TIMEOUT + 60
+    if not cache.add(key, request_id or "-", timeout=hold):  # expires if its worker dies
+        return False
+    try:
+        _converge(deployment_id, request_id)
+    finally:
+        cache.delete(key)
+    return True
+
+
+def _converge(deployment_id: int, request_id: str) -> None:
     deployment = Deployment.objects.select_related("version__model").get(pk=deployment_id)
     if deployment.desired_state != Deployment.Desired.RUNNING:
         return
@@ -674,8 +689,8 @@ def reconcile(*, request_id: str = "") -> dict[str, int]:
         state__in=[State.RUNNING, State.DEGRADED], desired_state=Deployment.Desired.RUNNING
     ):
         try:
-            deployment_converge(deployment_id=deployment.pk, request_id=request_id)
-            summary["converged"] += 1
+            if deployment_converge(deployment_id=deployment.pk, request_id=request_id):
+                summary["converged"] += 1
         except Exception:  # noqa: BLE001 - one broken deployment must not stop the others
             log.exception("reconcile failed for %s", deployment.name)
     for deployment in Deployment.objects.filter(

@@ -530,3 +530,36 @@ def test_deployment_that_never_progresses_fails_after_max_attempts(db, settings,
     audit = AuditEvent.objects.get(action="deployment.failed", target_name=deployment.name)
     assert audit.outcome == "failure" and "no progress" in audit.details["reason"]
     assert services.reconcile()["failed"] == 0  # failed is final: nothing more happens
+
+
+def test_converge_runs_one_worker_at_a_time_per_deployment(db, settings, tmp_path, monkeypatch):
+    """While a scale-up's converge waits for a new replica to load, the reconciler must not
+    converge the same deployment (it would find that replica 'starting' and replace it)."""
+    from django.core.cache import cache
+
+    settings.PORTAL_RUNTIME = "process"
+    settings.PORTAL_DATA_DIR = tmp_path
+    deployment = _stuck_deployment(f"converging-{uuid.uuid4().hex[:6]}", attempts=0, quiet_for=0)
+    Deployment.objects.filter(pk=deployment.pk).update(state="running", replicas=0)
+    looked = []
+
+    class Observed:
+        name = "process"
+
+        def list_replicas(self, name=None):
+            looked.append(name)
+            return []
+
+    monkeypatch.setattr(services, "_runtime", lambda _deployment: Observed())
+    key = f"portal:converge-{deployment.pk}"
+    assert cache.add(key, "another worker", timeout=60)
+    try:
+        assert services.deployment_converge(deployment_id=deployment.pk) is False
+        assert services.reconcile()["converged"] == 0
+        assert looked == []
+    finally:
+        cache.delete(key)
+    assert services.deployment_converge(deployment_id=deployment.pk) is True
+    assert looked == [deployment.name]
+    assert cache.add(key, "x", timeout=1)  # released
+    cache.delete(key)
