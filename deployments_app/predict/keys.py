@@ -288,12 +288,14 @@ def rate_limited_local(info: KeyInfo) -> int | object:
     now = int(time.time())
     counter = f"portal:rate:{info.prefix}:{now // 60}"
     with _lease_lock:
-        if counter in _exhausted:
-            return 60 - now % 60 or 1
+        # What this process holds first: under a burst, threads that asked Redis after the
+        # window's last lease was granted mark it exhausted while leases remain here.
         left = _leases.get(counter, 0)
         if left > 0:
             _leases[counter] = left - 1
             return 0
+        if counter in _exhausted:
+            return 60 - now % 60 or 1
     return MISS
 
 

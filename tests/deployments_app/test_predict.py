@@ -418,6 +418,43 @@ def test_rate_limit_answers_429_with_retry_after(client, world, key_for):
 
 
 @pytest.mark.security
+def test_rate_limit_under_a_burst_admits_exactly_the_limit():
+    """64 threads at once on a fresh window (Redis leases): exactly the limit is admitted.
+    Threads that found the budget leased out used to mark the window exhausted while this
+    process still held leases, and everyone got 429 after a few dozen calls."""
+    import threading
+    import uuid
+
+    require(bool(keys._redis()), "Redis for the shared rate-limit counters")
+    limit = 600
+    info = keys.KeyInfo(
+        id=0,
+        prefix=f"burst{uuid.uuid4().hex[:8]}",
+        key_hash="",
+        user_id=0,
+        username="burst",
+        deployment_ids=frozenset(),
+        model_id=None,
+        expires_at=None,
+        revoked=False,
+        active_user=True,
+        rate_limit_per_minute=limit,
+    )
+    start = threading.Barrier(64)
+
+    def calls(_):
+        start.wait()
+        return [keys.rate_limited(info) == 0 for _ in range(20)]
+
+    # Not across a minute boundary: a new window would admit again.
+    wait_for(lambda: int(timezone.now().timestamp()) % 60 < 50, timeout=15, what="a fresh window")
+    with concurrent.futures.ThreadPoolExecutor(64) as pool:
+        admitted = sum(sum(batch) for batch in pool.map(calls, range(64)))
+    assert admitted == limit  # 1,280 calls
+    keys.forget_leases()
+
+
+@pytest.mark.security
 def test_logged_in_deployer_may_call_viewer_may_not(client, world, role_client):
     house, _ = world["house"]
     deployer = role_client("deployer")
