@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.core.cache import cache
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
@@ -26,6 +25,7 @@ from models_app.storage import artifact_path
 from portal.audit import Actor, audit_record
 from portal.errors import ApplicationError, ConflictError
 from portal.heartbeat import beating
+from portal.locks import alone
 
 log = logging.getLogger(__name__)
 State = Deployment.State
@@ -503,15 +503,11 @@ def deployment_converge(*, deployment_id: int, request_id: str = "") -> bool:
     deployment (a replica that another worker is still starting must not be judged
     unhealthy and replaced); returns False when another worker holds the deployment.
     """
-    key = f"portal:converge-{deployment_id}"
     hold = settings.PORTAL_BUILD_TIMEOUT + settings.PORTAL_START_TIMEOUT + 60
-    if not cache.add(key, request_id or "-", timeout=hold):  # expires if its worker dies
-        return False
-    try:
-        _converge(deployment_id, request_id)
-    finally:
-        cache.delete(key)
-    return True
+    with alone(f"portal:converge-{deployment_id}", timeout=hold) as mine:
+        if mine:
+            _converge(deployment_id, request_id)
+        return mine
 
 
 def _converge(deployment_id: int, request_id: str) -> None:
@@ -528,7 +524,7 @@ def _converge(deployment_id: int, request_id: str) -> None:
     replaced = 0
     for status in current:
         condition = status.state
-        if status.state == "running" and runtime.wait_healthy(status, timeout=2):
+        if status.state == "running":
             if _answers(status):
                 Replica.objects.filter(name=status.name).update(healthy=True, state="running")
                 continue

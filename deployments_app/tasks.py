@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 from celery import shared_task
 from django.core.cache import cache
 from django.utils import timezone
 
 from deployments_app import services
+from portal.locks import alone
 from portal.selectors import RECONCILE_LAST_KEY
 
 TASK_OPTIONS = {"acks_late": True, "reject_on_worker_lost": True, "ignore_result": True}
@@ -37,22 +35,9 @@ def update(deployment_id: int, *, request_id: str = "", version_id: int) -> None
     )
 
 
-@contextlib.contextmanager
-def _alone(name: str, timeout: int) -> Iterator[bool]:
-    """One run at a time across workers; the lock expires if a worker dies holding it."""
-    key = f"portal:{name}-lock"
-    if not cache.add(key, "1", timeout=timeout):
-        yield False
-        return
-    try:
-        yield True
-    finally:
-        cache.delete(key)
-
-
 @shared_task(ignore_result=True)
 def reconcile() -> None:
-    with _alone("reconcile", timeout=300) as mine:
+    with alone("portal:reconcile-lock", timeout=300) as mine:
         if mine:
             services.reconcile()
             # The dashboard shows when this last completed (a stale time means beat is down).
@@ -61,6 +46,6 @@ def reconcile() -> None:
 
 @shared_task(ignore_result=True)
 def prune_images() -> None:
-    with _alone("prune", timeout=3600) as mine:
+    with alone("portal:prune-lock", timeout=3600) as mine:
         if mine:
             services.images_prune()

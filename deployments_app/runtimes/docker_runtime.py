@@ -301,7 +301,7 @@ class DockerRuntime:
                 labels = image.labels or {}
                 if labels.get("portal.stage") == "deps" or _created(image) > cutoff:
                     continue
-                if labels.get(INSTANCE, DEFAULT_INSTANCE) != self.instance:
+                if not self._mine(labels):
                     continue
                 if not image.tags or set(image.tags) & keep:
                     continue
@@ -412,7 +412,7 @@ class DockerRuntime:
         c = client()
         try:
             containers = c.containers.list(all=True, filters={"label": filters})
-            found = [self._status(container) for container in containers if self._mine(container)]
+            found = [self._status(ct) for ct in containers if self._mine(ct.labels)]
         finally:
             c.close()
         return sorted(found, key=lambda s: (s.deployment, s.index))
@@ -451,9 +451,9 @@ class DockerRuntime:
         except Exception:  # noqa: BLE001 - no SDK, no socket, no daemon: all mean "no docker"
             return False
 
-    def _mine(self, container) -> bool:
-        # Replicas started before the label existed belong to the default instance.
-        return container.labels.get(INSTANCE, DEFAULT_INSTANCE) == self.instance
+    def _mine(self, labels: dict[str, str] | None) -> bool:
+        # Replicas and images from before the label existed belong to the default instance.
+        return (labels or {}).get(INSTANCE, DEFAULT_INSTANCE) == self.instance
 
     @staticmethod
     def _status(container) -> ReplicaStatus:

@@ -211,6 +211,23 @@ def _running_house(prefix, api_client, manifest, own_containers, replicas=1):
     return entry, name, client, _wait_state(name, ("running",), timeout=5)
 
 
+def _assert_replaced(docker_client, summary, victim, entry, deployment, condition: str):
+    """The reconcile replaced replica 0 (`victim`, found `condition`): a new container
+    serves right answers, the deployment runs, an event and one audit row say so."""
+    name = deployment.name
+    assert summary["converged"] >= 1
+    replacement = docker_client.containers.get(replica_name(name, 0))
+    assert replacement.id != victim.id and replacement.status == "running"
+    assert _predict_each_replica(name, entry["input_example"], entry["expected_predict"]) == 1
+    deployment.refresh_from_db()
+    assert deployment.state == "running"
+    assert DeploymentEvent.objects.filter(
+        deployment=deployment, message__contains=f"replica {victim.name} was {condition}; replacing"
+    ).exists()
+    audit = AuditEvent.objects.get(action="deployment.replicas_replaced", target_name=name)
+    assert audit.details == {"replaced": 1} and audit.actor_name == "reconciler"
+
+
 @pytest.mark.security
 @pytest.mark.docker
 def test_replica_killed_with_docker_kill_is_replaced_by_the_reconciler(
@@ -228,17 +245,7 @@ def test_replica_killed_with_docker_kill_is_replaced_by_the_reconciler(
 
     summary = services.reconcile()
 
-    assert summary["converged"] >= 1
-    replacement = docker_client.containers.get(replica_name(name, 0))
-    assert replacement.id != victim.id and replacement.status == "running"
-    assert _predict_each_replica(name, entry["input_example"], entry["expected_predict"]) == 1
-    deployment.refresh_from_db()
-    assert deployment.state == "running"
-    assert DeploymentEvent.objects.filter(
-        deployment=deployment, message__contains=f"replica {victim.name} was exited; replacing"
-    ).exists()
-    audit = AuditEvent.objects.get(action="deployment.replicas_replaced", target_name=name)
-    assert audit.details == {"replaced": 1} and audit.actor_name == "reconciler"
+    _assert_replaced(docker_client, summary, victim, entry, deployment, "exited")
     client.delete(f"/api/v1/deployments/{name}")
 
 
@@ -274,18 +281,8 @@ def test_hanging_replica_is_replaced_by_the_reconciler_before_docker_notices(
         with contextlib.suppress(ProcessLookupError):
             os.kill(host_pid, signal.SIGCONT)
 
-    assert summary["converged"] >= 1
-    replacement = docker_client.containers.get(replica_name(name, 0))
-    assert replacement.id != victim.id and replacement.status == "running"
-    assert _predict_each_replica(name, entry["input_example"], entry["expected_predict"]) == 1
-    deployment.refresh_from_db()
-    assert deployment.state == "running"
-    assert DeploymentEvent.objects.filter(
-        deployment=deployment,
-        message__contains=f"replica {victim.name} was hanging: /health did not answer",
-    ).exists()
-    audit = AuditEvent.objects.get(action="deployment.replicas_replaced", target_name=name)
-    assert audit.details == {"replaced": 1} and audit.actor_name == "reconciler"
+    condition = "hanging: /health did not answer"
+    _assert_replaced(docker_client, summary, victim, entry, deployment, condition)
     client.delete(f"/api/v1/deployments/{name}")
 
 
