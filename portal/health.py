@@ -27,7 +27,6 @@ def check_broker() -> CheckResult:
     url = settings.CELERY_BROKER_URL
     if url.startswith("filesystem://"):
         folder = Path(settings.CELERY_BROKER_TRANSPORT_OPTIONS["data_folder_in"])
-        folder.mkdir(parents=True, exist_ok=True)
         return _writable(folder), f"filesystem broker at {folder}"
     from kombu import Connection
 

@@ -293,5 +293,9 @@ LOGGING = {
     },
 }
 
-for _dir in (PORTAL_DATA_DIR, PORTAL_ARTIFACT_DIR, PORTAL_UPLOAD_TMP_DIR, STATIC_ROOT):
+# With them the filesystem broker's folders: a worker declaring its queue before anything
+# else created them would die at start (kombu does not create them).
+_broker_dirs = [Path(p) for k, p in CELERY_BROKER_TRANSPORT_OPTIONS.items() if "folder" in k]
+_made_dirs = [PORTAL_DATA_DIR, PORTAL_ARTIFACT_DIR, PORTAL_UPLOAD_TMP_DIR, STATIC_ROOT]
+for _dir in [*_made_dirs, *_broker_dirs]:
     _dir.mkdir(parents=True, exist_ok=True)

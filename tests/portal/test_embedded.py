@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -62,7 +63,17 @@ def test_embedded_defaults_start_serve_and_stop_cleanly(tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
     )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
     try:
+        # Nothing is asked over HTTP before the worker is up: a fresh data directory must be
+        # enough for it (once, only a /readyz call happened to create the broker's folders).
+        deadline = time.monotonic() + 90
+        while not any(line.rstrip().endswith("ready.") for line in list(lines)):
+            assert proc.poll() is None, "".join(lines)
+            assert time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.2)
         wait_for_port(port, timeout=60)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:
             assert json.load(r) == {"status": "ok"}
@@ -71,10 +82,13 @@ def test_embedded_defaults_start_serve_and_stop_cleanly(tmp_path):
         assert checks["database"]["detail"] == "sqlite"
         assert "filesystem broker" in checks["broker"]["detail"]
         assert checks["runtime"]["detail"] == "local processes"
-        time.sleep(2)  # let worker and beat finish booting so Ctrl-C hits all three
+        time.sleep(2)  # let beat finish booting so Ctrl-C hits all three
+        assert proc.poll() is None, "".join(lines)
     finally:
         os.killpg(proc.pid, signal.SIGINT)
-        output, _ = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
+        reader.join(timeout=10)
+    output = "".join(lines)
     assert proc.returncode == 0, output
     assert "Model Portal is running at" in output
     assert "stopped." in output
