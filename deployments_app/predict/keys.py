@@ -243,6 +243,7 @@ LEASE_PARTS = 20  # a process reserves up to 1/20 of a key's per-minute limit at
 _leases: dict[str, int] = {}  # window counter -> calls this process may still admit
 _exhausted: set[str] = set()  # window counters known to be used up
 _lease_lock = threading.Lock()
+_refill_locks: dict[str, threading.Lock] = {}  # key prefix -> one Redis lease request at a time
 
 
 def rate_limited(info: KeyInfo) -> int:
@@ -264,21 +265,36 @@ def rate_limited(info: KeyInfo) -> int:
     local = rate_limited_local(info)
     if local is not MISS:
         return local  # type: ignore[return-value]
-    lease = max(1, limit // LEASE_PARTS)
-    pipe = client.pipeline(transaction=False)
-    pipe.incrby(counter, lease)
-    pipe.expire(counter, 70)
-    count = pipe.execute()[0]
-    granted = min(lease, max(0, limit - (count - lease)))
+    # One lease request per key at a time in this process: a thread never answers 429 while
+    # another thread's lease for the same window is on its way back from Redis.
+    with _refill_lock(info.prefix):
+        local = rate_limited_local(info)
+        if local is not MISS:
+            return local  # type: ignore[return-value]
+        lease = max(1, limit // LEASE_PARTS)
+        pipe = client.pipeline(transaction=False)
+        pipe.incrby(counter, lease)
+        pipe.expire(counter, 70)
+        count = pipe.execute()[0]
+        granted = min(lease, max(0, limit - (count - lease)))
+        with _lease_lock:
+            if len(_leases) > 10_000 or len(_exhausted) > 10_000:  # old windows: drop them
+                _leases.clear()
+                _exhausted.clear()
+                _refill_locks.clear()
+            if granted == 0:
+                _exhausted.add(counter)
+                return wait
+            _leases[counter] = _leases.get(counter, 0) + granted - 1
+        return 0
+
+
+def _refill_lock(prefix: str) -> threading.Lock:
     with _lease_lock:
-        if len(_leases) > 10_000 or len(_exhausted) > 10_000:  # old windows: drop them
-            _leases.clear()
-            _exhausted.clear()
-        if granted == 0:
-            _exhausted.add(counter)
-            return wait
-        _leases[counter] = _leases.get(counter, 0) + granted - 1
-    return 0
+        lock = _refill_locks.get(prefix)
+        if lock is None:
+            lock = _refill_locks[prefix] = threading.Lock()
+        return lock
 
 
 def rate_limited_local(info: KeyInfo) -> int | object:
