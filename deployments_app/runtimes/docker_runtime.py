@@ -156,6 +156,13 @@ def _public_host(publish_host: str) -> str:
     return "127.0.0.1" if publish_host in ("", "0.0.0.0", "::") else publish_host  # noqa: S104
 
 
+def _short(exc: Exception) -> str:
+    """The engine's own words for an error, on one line."""
+    text = getattr(exc, "explanation", None) or str(exc)
+    text = " ".join(str(text).split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
 class DockerRuntime:
     """`Runtime` on a Docker engine (images + hardened containers)."""
 
@@ -201,6 +208,7 @@ class DockerRuntime:
                 lines.append(line)
                 log(line)
 
+            self._ensure_base_image(c, spec.base_image, _log)
             with tempfile.TemporaryDirectory(prefix="portal-build-") as tmp:
                 ctx = Path(tmp)
                 self._prepare_context(spec, ctx, _log)
@@ -216,6 +224,28 @@ class DockerRuntime:
             )
         finally:
             c.close()
+
+    def _ensure_base_image(self, c: docker.DockerClient, base: str, log: LogFn) -> None:
+        """The base image, pulled when the engine lacks it; a clear BuildError, before any
+        wheel is downloaded, when it can be neither found nor pulled (an offline engine)."""
+        try:
+            c.images.get(base)
+            return
+        except docker.errors.ImageNotFound:
+            pass
+        except docker.errors.DockerException as exc:
+            raise BuildError(f"cannot inspect the base image {base}: {exc}") from exc
+        log(f"base image {base} is not on this engine; pulling it")
+        try:
+            c.images.pull(base)
+        except docker.errors.DockerException as exc:
+            raise BuildError(
+                f"base image {base} is not on this Docker engine and could not be pulled "
+                f"({_short(exc)}). Pull or load it on the engine, or set PORTAL_BASE_IMAGE to "
+                "an image it has (`bash scripts/services.sh base-image` builds "
+                "portal-base:bookworm without a registry)."
+            ) from exc
+        log(f"pulled base image {base}")
 
     def _prepare_context(self, spec: BuildSpec, ctx: Path, log: LogFn) -> None:
         reqs = ctx / "requirements.txt"

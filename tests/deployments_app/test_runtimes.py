@@ -255,6 +255,25 @@ def test_docker_build_failure_raises_build_error_with_the_stream_error(docker_rt
 
 
 @pytest.mark.docker
+def test_docker_build_with_a_base_image_it_cannot_get_says_so_before_downloading(
+    docker_rt, tmp_path
+):
+    # A registry that refuses at once: the same answer an offline engine gives for Docker Hub.
+    spec = _spec(tmp_path, "spam", deployment=f"t-{RUN_ID}-nobase")
+    base = "127.0.0.1:9/portal-no-such-base:1"
+    spec = dataclasses.replace(spec, base_image=base)
+    lines: list[str] = []
+    with pytest.raises(BuildError) as excinfo:
+        docker_rt.build(spec, log=lines.append)
+    message = str(excinfo.value)
+    assert f"base image {base} is not on this Docker engine" in message
+    assert "PORTAL_BASE_IMAGE" in message
+    assert "\n" not in excinfo.value.message
+    # It failed before the build context (wheels, Dockerfile) was prepared.
+    assert lines == [f"base image {base} is not on this engine; pulling it"]
+
+
+@pytest.mark.docker
 def test_docker_replicas_serve_predictions_hardened_and_are_found_by_label(
     docker_rt: Runtime, docker_builds
 ):
