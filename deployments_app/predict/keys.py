@@ -304,8 +304,8 @@ def rate_limited_local(info: KeyInfo) -> int | object:
     now = int(time.time())
     counter = f"portal:rate:{info.prefix}:{now // 60}"
     with _lease_lock:
-        # What this process holds first: under a burst, threads that asked Redis after the
-        # window's last lease was granted mark it exhausted while leases remain here.
+        # Leases held first, then the exhausted mark (set by a refill that found the window
+        # used up; refills are one at a time per key, so none can be on its way back then).
         left = _leases.get(counter, 0)
         if left > 0:
             _leases[counter] = left - 1

@@ -141,6 +141,14 @@ def _created(image) -> float:
         return time.time()
 
 
+def _image_or_none(c: docker.DockerClient, ref: str):
+    """The engine's image `ref`, or None when it has none by that name."""
+    try:
+        return c.images.get(ref)
+    except docker.errors.ImageNotFound:
+        return None
+
+
 def _remove_quietly(c: docker.DockerClient, ref: str) -> bool:
     """Remove an image (no force); False when the engine refuses (a container uses it)."""
     try:
@@ -188,10 +196,7 @@ class DockerRuntime:
         tag = image_tag(spec)
         c = client(timeout=self.build_timeout)
         try:
-            try:
-                image = c.images.get(tag)
-            except docker.errors.ImageNotFound:
-                image = None
+            image = _image_or_none(c, tag)
             if image is not None and not self.nocache:
                 log(f"image {tag} exists; nothing to build")
                 return BuildResult(
@@ -229,12 +234,10 @@ class DockerRuntime:
         """The base image, pulled when the engine lacks it; a clear BuildError, before any
         wheel is downloaded, when it can be neither found nor pulled (an offline engine)."""
         try:
-            c.images.get(base)
-            return
-        except docker.errors.ImageNotFound:
-            pass
+            if _image_or_none(c, base) is not None:
+                return
         except docker.errors.DockerException as exc:
-            raise BuildError(f"cannot inspect the base image {base}: {exc}") from exc
+            raise BuildError(f"cannot inspect the base image {base}: {_short(exc)}") from exc
         log(f"base image {base} is not on this engine; pulling it")
         try:
             c.images.pull(base)
@@ -310,10 +313,7 @@ class DockerRuntime:
     def has_image(self, ref: str) -> bool:
         c = client()
         try:
-            c.images.get(ref)
-            return True
-        except docker.errors.ImageNotFound:
-            return False
+            return _image_or_none(c, ref) is not None
         finally:
             c.close()
 
