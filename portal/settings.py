@@ -113,6 +113,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not memory: a test worker process must see the test database too.
     DATABASES["default"]["TEST"] = {"NAME": str(PORTAL_DATA_DIR / "test.sqlite3")}
+elif env.str("PORTAL_TEST_DATABASE", default=""):
+    # Two test runs on one PostgreSQL server (a developer's parallel runs) need their own names.
+    DATABASES["default"]["TEST"] = {"NAME": env.str("PORTAL_TEST_DATABASE")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Celery --------------------------------------------------------------------------------
