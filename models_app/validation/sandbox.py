@@ -66,6 +66,15 @@ from pathlib import Path
 from typing import Any
 
 from .envs import EnvInfo
+from .isolation import (
+    NO_EXEC_SH,
+    ROOTFS_SCRIPT,
+    UNSHARE_ROOT,
+    UNSHARE_USER,
+    base_prefix,
+    isolation,
+    uid_task_count,
+)
 
 __all__ = ["SandboxError", "isolation", "run_inspection"]
 
@@ -85,133 +94,18 @@ class SandboxError(RuntimeError):
 
 # --------------------------------------------------------------------------- isolation
 
-# The launcher run inside fresh mount+pid+net namespaces, as root: build a minimal
-# read-only root, then run the command in it as an unprivileged uid.  The command
-# is not exec'ed: this shell stays PID 1 of the namespace, so the model's Python is
-# an ordinary process (CPU-limit signals work) and when the shell goes, all go.
-# /tmp, /proc and /dev come first so that an environment kept under /tmp is bound
-# on top of the sandbox's own /tmp rather than hidden by it.
-_ROOTFS_SCRIPT = r"""
-set -eu
-umask 022
-chroot=$1; new=$2; indir=$3; work=$4; uid=$5; n=$6; shift 6
-mount -t tmpfs -o mode=0755,size=8m,nosuid,nodev sandbox-root "$new"
-mkdir -p "$new/sandbox/in" "$new/sandbox/work" "$new/tmp" "$new/proc" "$new/dev"
-mount -t tmpfs -o mode=1777,size=16m,nosuid,nodev sandbox-tmp "$new/tmp"
-mount -t proc -o nosuid,nodev,noexec proc "$new/proc"
-for f in null zero random urandom; do
-  touch "$new/dev/$f"
-  mount --bind "/dev/$f" "$new/dev/$f"
-done
-for d in /usr /etc /bin /sbin /lib /lib32 /lib64 /libx32; do
-  if [ -L "$d" ]; then
-    ln -s "$(readlink "$d")" "$new$d"
-  elif [ -d "$d" ]; then
-    mkdir -p "$new$d"
-    mount --rbind "$d" "$new$d"
-    mount -o remount,bind,ro,nosuid,nodev "$new$d"
-  fi
-done
-i=0
-while [ "$i" -lt "$n" ]; do
-  p=$1; shift; i=$((i + 1))
-  mkdir -p "$new$p"
-  mount --bind "$p" "$new$p"
-  mount -o remount,bind,ro,nosuid,nodev "$new$p"
-done
-mount --bind "$indir" "$new/sandbox/in"
-mount -o remount,bind,ro,nosuid,nodev "$new/sandbox/in"
-mount -t tmpfs -o "size=32m,mode=0700,uid=$uid,gid=$uid,nosuid,nodev" sandbox-work \
-  "$new/sandbox/work"
-mount -o remount,ro,nosuid,nodev "$new"
-"$chroot" "$new" /usr/bin/env -C /sandbox/work /usr/bin/setpriv \
-  --reuid="$uid" --regid="$uid" --clear-groups --no-new-privs \
-  --inh-caps=-all --bounding-set=-all -- "$@"
-"""
-
-_UNSHARE_ROOT = ["unshare", "--mount", "--net", "--pid", "--fork", "--kill-child"]
-_UNSHARE_USER = [
-    "unshare", "--user", "--map-root-user", "--net", "--pid", "--fork", "--kill-child",
-    "--mount-proc",
-]  # fmt: skip
-_NO_EXEC_SH = ["/bin/sh", "-c", '"$@"; exit $?', "sh"]
-
-_isolation_cache: dict[str, Any] | None = None
-
-
-def _probe(cmd: list[str]) -> tuple[bool, str]:
-    try:
-        proc = subprocess.run(
-            cmd,
-            capture_output=True,
-            text=True,
-            timeout=20,
-            stdin=subprocess.DEVNULL,
-            env={"PATH": "/usr/bin:/bin"},
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        return False, str(exc)
-    return proc.returncode == 0, (proc.stderr or proc.stdout).strip()[-300:]
-
-
-def isolation(refresh: bool = False) -> dict[str, Any]:
-    """Detect, once, which isolation this host allows: namespaces, userns or none."""
-    global _isolation_cache
-    if _isolation_cache is not None and not refresh:
-        return _isolation_cache
-    notes: list[str] = []
-    mode = "none"
-    have = {t: shutil.which(t) for t in ("unshare", "setpriv", "chroot")}
-    if os.geteuid() == 0 and all(have.values()):
-        with tempfile.TemporaryDirectory(prefix="sandbox-probe-") as tmp:
-            new, indir, work = (Path(tmp) / d for d in ("root", "in", "work"))
-            for d in (new, indir, work):
-                d.mkdir()
-            ok, msg = _probe(
-                [*_UNSHARE_ROOT, "/bin/sh", "-c", _ROOTFS_SCRIPT, "sh", str(have["chroot"]),
-                 str(new), str(indir), str(work), "65534", "0", "/usr/bin/true"]
-            )  # fmt: skip
-        if ok:
-            mode = "namespaces"
-        else:
-            notes.append(f"mount/pid/net namespaces unavailable as root: {msg}")
-    if mode == "none" and have["unshare"]:
-        ok, msg = _probe([*_UNSHARE_USER, "/bin/true"])
-        if ok:
-            mode = "userns"
-        else:
-            notes.append(f"unprivileged user namespaces unavailable: {msg}")
-    if mode == "none":
-        if not have["unshare"]:
-            notes.append("util-linux unshare not found")
-        notes.append("network NOT cut off; only resource limits and a new session apply")
-    _isolation_cache = {
-        "mode": mode,
-        "network_cut": mode != "none",
-        "pid_namespace": mode != "none",
-        "private_filesystem": mode == "namespaces",
-        "unprivileged_uid": mode == "namespaces",
-        "notes": notes,
-        "chroot": have["chroot"],
-    }
-    return _isolation_cache
+# The namespaces, read-only root and unprivileged uid live in .isolation, shared with the
+# process runtime's replicas; these names are what run_inspection below uses.
+_ROOTFS_SCRIPT = ROOTFS_SCRIPT
+_UNSHARE_ROOT = UNSHARE_ROOT
+_UNSHARE_USER = UNSHARE_USER
+_NO_EXEC_SH = NO_EXEC_SH
 
 
 # --------------------------------------------------------------------------- limits
 
 
-def _uid_task_count(uid: int) -> int:
-    """Processes + threads of ``uid`` (what RLIMIT_NPROC counts)."""
-    count = 0
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            if entry.stat().st_uid == uid:
-                count += len(os.listdir(f"/proc/{entry.name}/task"))
-        except OSError:
-            continue
-    return count
+_uid_task_count = uid_task_count
 
 
 def _make_preexec(limits: dict[int, tuple[int, int]]):
@@ -231,15 +125,7 @@ def _make_preexec(limits: dict[int, tuple[int, int]]):
     return preexec
 
 
-def _base_prefix(env_python: Path) -> Path:
-    """Installation prefix of the interpreter a venv was made from."""
-    cfg = env_python.parent.parent / "pyvenv.cfg"
-    if cfg.exists():
-        for line in cfg.read_text().splitlines():
-            key, _, value = line.partition("=")
-            if key.strip() == "home":
-                return Path(value.strip()).resolve().parent
-    return Path(os.path.realpath(env_python)).parent.parent
+_base_prefix = base_prefix
 
 
 # --------------------------------------------------------------------------- run
