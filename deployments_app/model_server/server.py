@@ -14,8 +14,14 @@ Start it with::
 or ``python -m server`` with the same settings in the environment: MODEL_PATH,
 MODEL_FORMAT (joblib|pickle|skops), MODEL_NAME, MODEL_VERSION, MODEL_COLUMNS
 (JSON list or empty), SKOPS_TRUSTED (JSON list), HOST, PORT, MAX_BODY_BYTES
-(default 10 MB), ACCESS_LOG=1 (one line per request on stderr).
+(default 10 MB), ACCESS_LOG=1 (one line per request on stderr), UDS (listen on this unix
+socket instead of HOST:PORT), REPLICA_TOKEN_FILE (a file holding the token every request
+must carry in ``X-Portal-Replica-Token``; else 401).
 Command-line options win over the environment.
+
+The portal runs replicas with ``--uds`` in a directory only it can reach and with a token
+file: only its proxy can call them. Without the token ``GET /health`` still answers (Docker's
+HEALTHCHECK runs inside the container without it), but says nothing beyond "ready".
 
 The model is loaded once, before the port is bound: when the port accepts
 connections, predictions are ready. ``--port 0`` picks a free port; the
@@ -35,6 +41,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import contextlib
+import hmac
 import json
 import math
 import os
@@ -111,6 +119,8 @@ def parse_config(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skops-trusted", default=env.get("SKOPS_TRUSTED"), help="JSON list")
     parser.add_argument("--host", default=env.get("HOST", "0.0.0.0"))  # noqa: S104 - container
     parser.add_argument("--port", type=int, default=int(env.get("PORT", "8080")))
+    parser.add_argument("--uds", default=env.get("UDS") or None, help="unix socket path")
+    parser.add_argument("--token-file", default=env.get("REPLICA_TOKEN_FILE") or None)
     parser.add_argument(
         "--max-body-bytes", type=int, default=int(env.get("MAX_BODY_BYTES", DEFAULT_MAX_BODY))
     )
@@ -414,6 +424,7 @@ class App:
             else (cfg.max_body_bytes if cfg is not None else DEFAULT_MAX_BODY)
         )
         self.access_log = access_log
+        self.token = _read_token(getattr(cfg, "token_file", None))
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._health_body = b""
         if state is not None:
@@ -454,7 +465,10 @@ class App:
         method = scope["method"]
         path = scope["path"]
         try:
-            status, body, extra = await self._dispatch(method, path, scope, receive)
+            if self.token and not self._authorized(scope):
+                status, body, extra = self._unauthorized(method, path, scope)
+            else:
+                status, body, extra = await self._dispatch(method, path, scope, receive)
         except BadRequest as exc:
             status, body, extra = exc.status, _dumps({"error": str(exc)}), None
         except Exception as exc:  # noqa: BLE001 - a JSON 500 with the message, no traceback
@@ -469,6 +483,21 @@ class App:
             client = scope.get("client") or ("-", 0)
             ms = (time.perf_counter() - start) * 1000
             sys.stderr.write(f'{client[0]} "{method} {path}" {status} {len(body)} {ms:.2f}ms\n')
+
+    def _authorized(self, scope) -> bool:
+        for name, value in scope["headers"]:
+            if name == b"x-portal-replica-token":
+                return hmac.compare_digest(value, self.token)
+        return False
+
+    def _unauthorized(self, method, path, scope):
+        """No token: only a bare liveness answer (Docker's HEALTHCHECK); a wrong one: 401."""
+        sent = any(name == b"x-portal-replica-token" for name, _ in scope["headers"])
+        if path == "/health" and method in ("GET", "HEAD") and not sent:
+            if self.state is None:
+                return 503, b'{"status":"loading"}', None
+            return 200, b'{"status":"ready"}', None
+        return 401, b'{"error":"this replica answers only the portal"}', None
 
     async def _dispatch(self, method, path, scope, receive):
         if path == "/predict":
@@ -771,6 +800,17 @@ def make_state(cfg) -> ModelState:
     return ModelState(model, cfg.name, _version_value(cfg.version), cfg.columns)
 
 
+def _read_token(path: str | None) -> bytes:
+    """The token file's content; a configured file that cannot be read stops the server."""
+    if not path:
+        return b""
+    with open(path, "rb") as fh:
+        token = fh.read().strip()
+    if not token:
+        raise SystemExit(f"the token file {path} is empty")
+    return token
+
+
 def _log(event: str, **fields):
     sys.stderr.write(json.dumps({"event": event, **fields}) + "\n")
     sys.stderr.flush()
@@ -792,14 +832,26 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     # Bind only now that the model is loaded: an open port means ready.
-    family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((cfg.host, cfg.port))
-    except OSError as exc:
-        _log("bind_failed", host=cfg.host, port=cfg.port, error=str(exc))
-        return 4
+    if cfg.uds:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(cfg.uds)  # left by a previous run in the same directory
+        try:
+            sock.bind(cfg.uds)
+        except OSError as exc:
+            _log("bind_failed", uds=cfg.uds, error=str(exc))
+            return 4
+        where = {"uds": cfg.uds}
+    else:
+        family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((cfg.host, cfg.port))
+        except OSError as exc:
+            _log("bind_failed", host=cfg.host, port=cfg.port, error=str(exc))
+            return 4
+        where = {"host": cfg.host, "port": sock.getsockname()[1]}
     sock.listen(2048)
     sock.set_inheritable(True)
     config = uvicorn.Config(
@@ -814,8 +866,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     _log(
         "listening",
-        host=cfg.host,
-        port=sock.getsockname()[1],
+        **where,
         model=cfg.name,
         version=state.version,
         load_ms=load_ms,

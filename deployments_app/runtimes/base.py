@@ -8,15 +8,18 @@ a previous attempt already did.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import hmac
+import http.client
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
-import urllib.error
-import urllib.request
+import urllib.parse
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +41,13 @@ SERVER_REQUIREMENTS: dict[str, str] = {
 SERVER_FILES = ("server.py", "__main__.py", "__init__.py")
 SERVER_PORT = 8080
 RUNTIME_UID = 10001
+# A replica listens on a unix socket in a directory of its own that only root (the portal)
+# can reach; containers have no network at all. The proxy proves itself with a token
+# derived from the portal's secret, read by the server from a file beside its socket.
+REPLICA_SOCKET_DIR = "/run/portal"  # the directory as the replica sees it
+SOCKET_NAME = "http.sock"
+TOKEN_FILE = "token"  # noqa: S105 - a file name, not a secret
+TOKEN_HEADER = "X-Portal-Replica-Token"  # noqa: S105 - a header name
 
 
 class RuntimeBackendError(Exception):
@@ -204,15 +214,110 @@ class Runtime(Protocol):
 # --------------------------------------------------------------------------------------
 
 
-def probe_health(endpoint: str | None, timeout: float = 1.0) -> bool:
-    """Does the replica at `endpoint` answer GET /health with 200 within `timeout` seconds?"""
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def socket_path(endpoint: str | None) -> str | None:
+    """The socket file of a `unix:/path` endpoint, else None."""
+    if endpoint and endpoint.startswith("unix:"):
+        return endpoint[len("unix:") :]
+    return None
+
+
+def replica_request(
+    endpoint: str,
+    method: str,
+    path: str,
+    *,
+    body: bytes | None = None,
+    token: str = "",
+    timeout: float = 30.0,
+) -> tuple[int, bytes]:
+    """One HTTP exchange with a replica (`unix:/path` or `http://host:port`): (status, body)."""
+    sock = socket_path(endpoint)
+    conn: http.client.HTTPConnection
+    if sock is not None:
+        conn = _UnixHTTPConnection(sock, timeout)
+    else:
+        parts = urllib.parse.urlsplit(endpoint)
+        conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    if token:
+        headers[TOKEN_HEADER] = token
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def probe_health(endpoint: str | None, timeout: float = 1.0, token: str = "") -> bool:
+    """Does the replica at `endpoint` answer GET /health with 200 within `timeout` seconds?
+
+    With the replica's token a replica started with another one (the portal's secret has
+    changed) answers 401: not healthy, so the reconciler replaces it."""
     if not endpoint:
         return False
     try:
-        with urllib.request.urlopen(f"{endpoint}/health", timeout=timeout) as resp:  # noqa: S310 - http to our replica
-            return resp.status == 200
-    except (OSError, urllib.error.URLError, ValueError):
+        status, _ = replica_request(endpoint, "GET", "/health", token=token, timeout=timeout)
+    except (OSError, http.client.HTTPException, ValueError):
         return False
+    return status == 200
+
+
+def replica_token(key: str | bytes | None, deployment: str) -> str:
+    """The secret the proxy sends to `deployment`'s replicas: an HMAC of its name with the
+    portal's key, so every process of the portal derives it and nothing stores it.
+    No key (a runtime used outside the portal): no token."""
+    if not key:
+        return ""
+    raw = key.encode() if isinstance(key, str) else key
+    return hmac.new(raw, b"replica-token\0" + deployment.encode(), hashlib.sha256).hexdigest()
+
+
+def replica_socket_dir(root: Path, name: str) -> Path:
+    """The replica's own directory (short: a socket path must fit in 108 bytes)."""
+    return Path(root) / hashlib.sha256(name.encode()).hexdigest()[:16]
+
+
+def prepare_socket_dir(root: Path, name: str, *, uid: int, token: str) -> Path:
+    """A fresh directory for one replica: reachable by root and `uid` only, with the token
+    file the server reads. The root above it is 0700, so no other uid gets near the socket."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o700)
+    path = replica_socket_dir(root, name)
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(mode=0o700)
+    if token:
+        token_path = path / TOKEN_FILE
+        fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token)
+        if os.geteuid() == 0:
+            os.chown(token_path, uid, uid)
+    if os.geteuid() == 0:
+        os.chown(path, uid, uid)
+    return path
+
+
+def remove_socket_dir(root: Path, name: str) -> None:
+    with contextlib.suppress(OSError):
+        shutil.rmtree(replica_socket_dir(root, name))
 
 
 def canonical_name(name: str) -> str:
