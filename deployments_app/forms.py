@@ -12,6 +12,16 @@ class DeployForm(forms.Form):
     runtime = forms.ChoiceField(
         choices=[("", "automatic"), ("docker", "docker"), ("process", "process")], required=False
     )
+
+    def __init__(self, *args, **kwargs):
+        from deployments_app.runtimes import allowed_runtimes
+
+        super().__init__(*args, **kwargs)
+        # Only what PORTAL_ALLOWED_RUNTIMES offers (the service refuses the rest anyway).
+        self.fields["runtime"].choices = [("", "automatic")] + [
+            (name, name) for name in allowed_runtimes()
+        ]
+
     replicas = forms.IntegerField(min_value=1, max_value=8, initial=1)
     memory_mb = forms.IntegerField(min_value=64, max_value=16384, initial=512, label="Memory (MB)")
     cpus = forms.FloatField(min_value=0.1, max_value=8, initial=1.0, label="CPUs")

@@ -18,7 +18,13 @@ from django.db.models import F
 from django.utils import timezone
 
 from deployments_app.models import Build, Deployment, DeploymentEvent, Replica
-from deployments_app.runtimes import available_runtimes, get_runtime, runtime_name
+from deployments_app.runtimes import (
+    allowed_runtimes,
+    available_runtimes,
+    get_runtime,
+    replica_token,
+    runtime_name,
+)
 from deployments_app.runtimes.base import BuildResult, BuildSpec, ReplicaLimits, probe_health
 from models_app.models import ModelVersion
 from models_app.storage import artifact_path
@@ -80,6 +86,12 @@ def _enqueue(task_name: str, deployment_id: int, request_id: str = "", **kwargs:
     transaction.on_commit(lambda: task.delay(deployment_id, request_id=request_id, **kwargs))
 
 
+def _default_runtime() -> str:
+    """The configured runtime when a deployer may use it, else the first one allowed."""
+    configured, allowed = runtime_name(), allowed_runtimes()
+    return configured if configured in allowed or not allowed else allowed[0]
+
+
 def _check_limits(replicas: int, memory_mb: int, cpus: float) -> None:
     if not 1 <= replicas <= MAX_REPLICAS:
         raise ApplicationError(f"replicas must be between 1 and {MAX_REPLICAS}")
@@ -110,9 +122,15 @@ def deployment_launch(
     if version.status != ModelVersion.Status.READY:
         raise ConflictError(f"{version} is {version.status}: only ready versions can be deployed")
     _check_limits(replicas, memory_mb, cpus)
-    runtime = runtime or runtime_name()
+    runtime = runtime or _default_runtime()
     if runtime not in ("docker", "process"):
         raise ApplicationError(f"unknown runtime '{runtime}' (use docker or process)")
+    allowed = allowed_runtimes()
+    if runtime not in allowed:
+        raise ApplicationError(
+            f"the {runtime} runtime is not allowed on this portal "
+            f"(PORTAL_ALLOWED_RUNTIMES offers: {', '.join(allowed) or 'none'})"
+        )
     with transaction.atomic():
         if Deployment.objects.filter(name=name).exists():
             raise ConflictError(f"a deployment named '{name}' exists already")
@@ -490,7 +508,11 @@ def _answers(status: Any) -> bool:
     for attempt in range(max(1, settings.PORTAL_LIVENESS_TRIES)):
         if attempt:
             time.sleep(1)
-        if probe_health(status.endpoint, timeout=settings.PORTAL_LIVENESS_TIMEOUT):
+        if probe_health(
+            status.endpoint,
+            timeout=settings.PORTAL_LIVENESS_TIMEOUT,
+            token=replica_token(status.deployment),
+        ):
             return True
     return False
 

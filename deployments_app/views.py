@@ -17,6 +17,7 @@ from portal import selectors as portal_selectors
 from portal.audit import Actor
 from portal.errors import ApplicationError
 from portal.permissions import capability_required
+from portal.roles import user_can
 
 
 @require_GET
@@ -68,6 +69,7 @@ def deployment_status(request: HttpRequest, name: str) -> JsonResponse:
     """What the page polls while work is in progress: state, events, the build log tail."""
     deployment = selectors.deployment_get(name=name)
     build = deployment.builds.first()
+    show_endpoints = user_can(request.user, "replica_endpoints")
     return JsonResponse(
         {
             "state": deployment.state,
@@ -79,7 +81,8 @@ def deployment_status(request: HttpRequest, name: str) -> JsonResponse:
                 for e in deployment.events.all()[:20]
             ],
             "replicas": [
-                {"name": r.name, "healthy": r.healthy, "state": r.state, "endpoint": r.endpoint}
+                {"name": r.name, "healthy": r.healthy, "state": r.state}
+                | ({"endpoint": r.endpoint} if show_endpoints else {})
                 for r in deployment.replica_set.all()
             ],
         }

@@ -23,6 +23,8 @@ CAPABILITIES: dict[str, frozenset[str]] = {
     "predict": frozenset({DEPLOYER, ADMIN}),
     # approve or reject versions (never one's own upload: enforced by the service)
     "approve": frozenset({APPROVER, ADMIN}),
+    # see where replicas listen (socket paths): those who operate them, never viewers
+    "replica_endpoints": frozenset({DEPLOYER, ADMIN}),
     # review the audit log, manage users and API keys of others
     "audit": frozenset({ADMIN}),
     "admin": frozenset({ADMIN}),

@@ -17,6 +17,12 @@ class ReplicaOutSerializer(serializers.ModelSerializer):
             "updated_at",
         ]
 
+    def to_representation(self, instance):
+        data = super().to_representation(instance)
+        if not self.context.get("show_endpoints"):  # viewers: where replicas listen is not theirs
+            data.pop("endpoint", None)
+        return data
+
 
 class DeploymentOutSerializer(serializers.ModelSerializer):
     model = serializers.CharField(source="model.name")

@@ -26,12 +26,20 @@ from portal.permissions import HasCapability
 from portal.roles import user_can
 
 
+def _context(request) -> dict:
+    return {"show_endpoints": user_can(request.user, "replica_endpoints")}
+
+
 class DeploymentListApi(APIView):
     permission_classes = [HasCapability("view", write="deploy")]
 
     @extend_schema(responses=DeploymentOutSerializer(many=True))
     def get(self, request):
-        return Response(DeploymentOutSerializer(selectors.deployment_list(), many=True).data)
+        return Response(
+            DeploymentOutSerializer(
+                selectors.deployment_list(), many=True, context=_context(request)
+            ).data
+        )
 
     @extend_schema(request=DeploymentCreateSerializer, responses={202: DeploymentOutSerializer})
     def post(self, request):
@@ -49,7 +57,10 @@ class DeploymentListApi(APIView):
             memory_mb=data["memory_mb"],
             cpus=data["cpus"],
         )
-        return Response(DeploymentOutSerializer(deployment).data, status=status.HTTP_202_ACCEPTED)
+        return Response(
+            DeploymentOutSerializer(deployment, context=_context(request)).data,
+            status=status.HTTP_202_ACCEPTED,
+        )
 
 
 class DeploymentDetailApi(APIView):
@@ -57,7 +68,8 @@ class DeploymentDetailApi(APIView):
 
     @extend_schema(responses=DeploymentOutSerializer)
     def get(self, request, name: str):
-        return Response(DeploymentOutSerializer(selectors.deployment_get(name=name)).data)
+        deployment = selectors.deployment_get(name=name)
+        return Response(DeploymentOutSerializer(deployment, context=_context(request)).data)
 
     @extend_schema(responses={204: None})
     def delete(self, request, name: str):
@@ -81,7 +93,10 @@ class DeploymentActionApi(APIView):
             actor=Actor.from_request(request),
             **serializer.validated_data,
         )
-        return Response(DeploymentOutSerializer(deployment).data, status=status.HTTP_202_ACCEPTED)
+        return Response(
+            DeploymentOutSerializer(deployment, context=_context(request)).data,
+            status=status.HTTP_202_ACCEPTED,
+        )
 
 
 def run_action(

@@ -42,6 +42,7 @@ from redis.exceptions import RedisError
 
 from deployments_app.predict import fastpath, keys, logwriter, proxy, views
 from deployments_app.predict.proxy import Forwarded, Target, UpstreamError
+from deployments_app.runtimes.base import socket_path
 from portal.middleware import _VALID as _VALID_REQUEST_ID
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ class _LoopState:
     """What belongs to one event loop: idle upstream connections, the log batcher."""
 
     def __init__(self) -> None:
-        self.idle: dict[tuple[str, int], list[tuple[asyncio.StreamReader, Any]]] = {}
+        self.idle: dict[str, list[tuple[asyncio.StreamReader, Any]]] = {}  # per replica base
         self.log = AsyncGroupCommit()
 
 
@@ -132,24 +133,37 @@ async def _exchange(
     return parser.get_status_code(), b"".join(response.parts), response.keep_alive
 
 
-async def post(base: str, path: str, body: bytes) -> tuple[int, bytes]:
+async def _open(base: str) -> tuple[asyncio.StreamReader, Any]:
+    sock = socket_path(base)
+    if sock is not None:
+        return await asyncio.open_unix_connection(sock)
+    parts = urlsplit(base)
+    return await asyncio.open_connection(parts.hostname or "127.0.0.1", parts.port or 80)
+
+
+async def post(
+    base: str, path: str, body: bytes, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
     """POST `body` to base+path over a pooled keep-alive connection: (status, body).
+    `base` is `unix:/path` or `http://host:port`; `headers` are sent with it (the token).
 
     Raises TimeoutError (connect or read), ConnectionError/OSError (refused, reset)."""
-    parts = urlsplit(base)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    extra = "".join(
+        f"{k}: {v}\r\n" for k, v in (headers or {}).items() if k.lower() != "content-type"
+    )
+    host = "localhost" if base.startswith("unix:") else urlsplit(base).netloc
     request = (
-        f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"{extra}Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
-    idle = _state().idle.setdefault((host, port), [])
+    idle = _state().idle.setdefault(base, [])
     while True:
         reused = bool(idle)
         if reused:
             reader, writer = idle.pop()
         else:
             async with asyncio.timeout(settings.PORTAL_PREDICT_CONNECT_TIMEOUT):
-                reader, writer = await asyncio.open_connection(host, port)
+                reader, writer = await _open(base)
         try:
             async with asyncio.timeout(settings.PORTAL_PREDICT_READ_TIMEOUT):
                 status, data, keep = await _exchange(reader, writer, request, reused)
@@ -177,7 +191,7 @@ async def forward(target: Target, payload: bytes) -> Forwarded:
             tried.add(replica)
             started = time.perf_counter()
             try:
-                status, data = await post(base, "/predict", payload)
+                status, data = await post(base, "/predict", payload, target.headers)
             except TimeoutError:
                 timed_out = UpstreamError(
                     504, "the model did not answer in time (timeout)", replica

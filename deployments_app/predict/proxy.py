@@ -1,9 +1,13 @@
-"""Forwarding to replicas: keep-alive pools, round robin, failover, bounded timeouts."""
+"""Forwarding to replicas: keep-alive pools, round robin, failover, bounded timeouts.
+
+Replicas listen on unix sockets (`unix:/path` endpoints) that only the portal can reach, and
+every call carries the deployment's replica token (runtimes.replica_token)."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -13,6 +17,8 @@ import urllib3
 from django.conf import settings
 
 from deployments_app.models import Deployment, Replica
+from deployments_app.runtimes import replica_token
+from deployments_app.runtimes.base import TOKEN_HEADER, socket_path
 
 TARGET_TTL = 1.0  # seconds a process trusts its view of a deployment's replicas
 
@@ -30,6 +36,7 @@ class Target:
     schema: dict[str, Any]
     capture_percent: int
     endpoints: list[tuple[str, str]]  # (replica name, base URL)
+    headers: dict[str, str] = field(default_factory=dict)  # what every call sends upstream
     loaded_at: float = field(default_factory=time.monotonic)
 
     def next_endpoints(self) -> list[tuple[str, str]]:
@@ -48,7 +55,78 @@ _counters: dict[str, itertools.count] = {}
 _targets: dict[str, Target] = {}
 _lock = threading.Lock()
 _client: urllib3.PoolManager | None = None
-_JSON_HEADERS = {"Content-Type": "application/json"}
+_unix_pools: dict[str, urllib3.HTTPConnectionPool] = {}
+
+
+class _UnixConnection(urllib3.connection.HTTPConnection):
+    """urllib3's connection over a unix socket (`socket_file`), with its error types."""
+
+    socket_file = ""
+
+    def _new_conn(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            if isinstance(self.timeout, int | float):
+                sock.settimeout(self.timeout)
+            sock.connect(self.socket_file)
+        except TimeoutError as exc:
+            sock.close()
+            raise urllib3.exceptions.ConnectTimeoutError(self, f"connect timed out: {exc}") from exc
+        except OSError as exc:
+            sock.close()
+            raise urllib3.exceptions.NewConnectionError(self, f"cannot connect: {exc}") from exc
+        return sock
+
+
+class _UnixPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _UnixConnection
+
+    def __init__(self, socket_file: str, **kwargs) -> None:
+        super().__init__("localhost", **kwargs)
+        self.socket_file = socket_file
+
+    def _new_conn(self):
+        conn = super()._new_conn()
+        conn.socket_file = self.socket_file
+        return conn
+
+
+def _timeout() -> urllib3.Timeout:
+    return urllib3.Timeout(
+        connect=settings.PORTAL_PREDICT_CONNECT_TIMEOUT,
+        read=settings.PORTAL_PREDICT_READ_TIMEOUT,
+    )
+
+
+def pool(base: str) -> urllib3.HTTPConnectionPool:
+    """The keep-alive pool of one replica (a unix socket, or http://host:port)."""
+    found = _unix_pools.get(base)
+    if found is not None:
+        return found
+    path = socket_path(base)
+    if path is None:
+        return client().connection_from_url(base)
+    with _lock:
+        found = _unix_pools.get(base)
+        if found is None:
+            found = _unix_pools[base] = _UnixPool(
+                path, maxsize=32, block=False, retries=False, timeout=_timeout()
+            )
+    return found
+
+
+def reset_pools() -> None:
+    """Forget every pool (tests that change the timeouts; they are built with them)."""
+    global _client
+    with _lock:
+        _client = None
+        for p in _unix_pools.values():
+            p.close()
+        _unix_pools.clear()
+
+
+def upstream_headers(deployment: str) -> dict[str, str]:
+    return {"Content-Type": "application/json", TOKEN_HEADER: replica_token(deployment)}
 
 
 def client() -> urllib3.PoolManager:
@@ -61,14 +139,7 @@ def client() -> urllib3.PoolManager:
         with _lock:
             if _client is None:
                 _client = urllib3.PoolManager(
-                    num_pools=64,
-                    maxsize=32,
-                    block=False,
-                    retries=False,
-                    timeout=urllib3.Timeout(
-                        connect=settings.PORTAL_PREDICT_CONNECT_TIMEOUT,
-                        read=settings.PORTAL_PREDICT_READ_TIMEOUT,
-                    ),
+                    num_pools=64, maxsize=32, block=False, retries=False, timeout=_timeout()
                 )
     return _client
 
@@ -112,6 +183,7 @@ def get_target(name: str, *, fresh: bool = False) -> Target | None:
         schema=deployment.version.schema or {},
         capture_percent=deployment.capture_percent,
         endpoints=endpoints,
+        headers=upstream_headers(deployment.name),
     )
     _targets[name] = target
     return target
@@ -141,8 +213,8 @@ def forward(target: Target, payload: bytes) -> Forwarded:
             tried.add(replica)
             started = time.perf_counter()
             try:
-                response = client().request(
-                    "POST", f"{base}/predict", body=payload, headers=_JSON_HEADERS
+                response = pool(base).urlopen(
+                    "POST", "/predict", body=payload, headers=target.headers
                 )
             except urllib3.exceptions.TimeoutError as exc:
                 # Predictions are pure: another replica may answer what this one did not.

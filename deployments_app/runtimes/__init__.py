@@ -26,6 +26,22 @@ def available_runtimes() -> list[str]:
     return ["docker", "process"] if _docker_answers() else ["process"]
 
 
+def allowed_runtimes() -> list[str]:
+    """What a deployer may choose (PORTAL_ALLOWED_RUNTIMES): `auto` offers docker when its
+    daemon answers and process only when it does not."""
+    configured = [name.strip() for name in settings.PORTAL_ALLOWED_RUNTIMES if name.strip()]
+    if not configured or configured == ["auto"]:
+        return ["docker"] if _docker_answers() else ["process"]
+    return [name for name in ("docker", "process") if name in configured]
+
+
+def replica_token(deployment: str) -> str:
+    """The token the proxy and the health probes send to `deployment`'s replicas."""
+    from deployments_app.runtimes.base import replica_token as derive
+
+    return derive(settings.SECRET_KEY, deployment)
+
+
 def runtime_name() -> str:
     configured = settings.PORTAL_RUNTIME
     if configured == "auto":
@@ -54,4 +70,5 @@ def get_runtime(name: str | None = None):
         env_root=settings.PORTAL_ENV_CACHE / "servers",
         build_timeout=settings.PORTAL_BUILD_TIMEOUT,
         instance=settings.PORTAL_INSTANCE,
+        token_key=settings.SECRET_KEY,
     )

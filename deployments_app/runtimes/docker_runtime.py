@@ -8,12 +8,17 @@ differs between models. The wheels never reach the final image.
 
 Replicas are hardened containers named `<instance>-<deployment>-<index>` (the instance is
 `portal` unless PORTAL_INSTANCE says otherwise), found again by their labels after a portal
-restart.
+restart. They have no network at all (`network_mode=none`: a loopback and nothing else, so
+no connection out, to the host or to other containers): the model server listens on a unix
+socket in a per-replica host directory (under `state_root/sockets`, 0700, owned by the
+container's uid) bound at /run/portal, and answers only calls with its deployment's token
+(a file beside the socket). Only root on the host reaches that directory.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -27,8 +32,11 @@ import docker.errors
 
 from deployments_app.runtimes.base import (
     DEFAULT_INSTANCE,
+    REPLICA_SOCKET_DIR,
     RUNTIME_UID,
     SERVER_PORT,
+    SOCKET_NAME,
+    TOKEN_FILE,
     BuildError,
     BuildResult,
     BuildSpec,
@@ -39,11 +47,14 @@ from deployments_app.runtimes.base import (
     ReplicaState,
     ReplicaStatus,
     RuntimeBackendError,
+    allowlist_command,
     collect_wheels,
     copy_server,
     ensure_wheels,
+    prepare_socket_dir,
     probe_health,
     replica_name,
+    replica_token,
     slug,
 )
 
@@ -77,9 +88,14 @@ def _env_value(value: str) -> str:
 
 def dockerfile(spec: BuildSpec) -> str:
     model_env = " \\\n    ".join(f"{k}={_env_value(v)}" for k, v in spec.server_env().items())
+    # Over the replica's unix socket (UDS, set when the portal runs it), else the port; no
+    # token: a tokenless /health says only "ready".
     health = (
-        "import urllib.request; "
-        f"urllib.request.urlopen('http://127.0.0.1:{SERVER_PORT}/health', timeout=3)"
+        "import os, socket; p = os.environ.get('UDS'); "
+        "s = socket.socket(socket.AF_UNIX if p else socket.AF_INET); s.settimeout(3); "
+        f"s.connect(p or ('127.0.0.1', {SERVER_PORT})); "
+        "s.sendall(b'GET /health HTTP/1.0\\r\\n\\r\\n'); "
+        "assert s.recv(64).split()[1] == b'200'"
     )
     deps_labels = " ".join(
         f"{k}={_env_value(v)}"
@@ -111,6 +127,7 @@ COPY --from=deps /opt/venv /opt/venv
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HOST=0.0.0.0 PORT={SERVER_PORT} \\
     MODEL_PATH=/model/model.bin
 COPY server/ /app/
+RUN {json.dumps(allowlist_command("/opt/venv/bin/python", "/app"))}
 USER {RUNTIME_UID}:{RUNTIME_UID}
 EXPOSE {SERVER_PORT}
 HEALTHCHECK --interval=5s --timeout=4s --start-period=120s --retries=3 \\
@@ -160,8 +177,12 @@ def _remove_quietly(c: docker.DockerClient, ref: str) -> bool:
     return True
 
 
-def _public_host(publish_host: str) -> str:
-    return "127.0.0.1" if publish_host in ("", "0.0.0.0", "::") else publish_host  # noqa: S104
+def _socket_source(attrs: dict) -> str | None:
+    """The host directory bound at the replica's socket directory, if any."""
+    for mount in attrs.get("Mounts") or []:
+        if mount.get("Destination") == REPLICA_SOCKET_DIR and mount.get("Source"):
+            return str(mount["Source"])
+    return None
 
 
 def _short(exc: Exception) -> str:
@@ -182,12 +203,24 @@ class DockerRuntime:
         build_timeout: int = BUILD_TIMEOUT,
         nocache: bool = False,
         instance: str = DEFAULT_INSTANCE,
+        state_root: Path | None = None,
+        token_key: str | bytes | None = None,
     ):
         self.build_timeout = build_timeout
         self.nocache = nocache
         # Replicas carry `portal.instance`; this runtime sees and removes only its own, so
         # several portals (or test runs) can share one engine.
         self.instance = instance
+        # The replicas' socket directories: on the engine's host (a local engine), shared by
+        # the portal's processes (PORTAL_DATA_DIR/runtime); the endpoint is read back from
+        # each container's mount, so any process finds any replica.
+        root = Path(state_root) if state_root else Path(tempfile.gettempdir()) / "model-portal"
+        self.socket_root = root / "sockets"
+        # The portal passes its SECRET_KEY: replicas then answer only calls with their token.
+        self.token_key = token_key
+
+    def replica_token(self, deployment: str) -> str:
+        return replica_token(self.token_key, deployment)
 
     # -- images ----------------------------------------------------------------------
 
@@ -375,7 +408,15 @@ class DockerRuntime:
             if existing is not None:
                 if existing.image.id == build.digest and existing.status == "running":
                     return self._status(existing)
-                existing.remove(force=True)
+                self._remove(existing)
+            # Not root: the container runs as the portal's own uid, which then owns the
+            # socket directory (no other uid could enter it).
+            uid = RUNTIME_UID if os.geteuid() == 0 else os.getuid()
+            token = self.replica_token(deployment)
+            sock_dir = prepare_socket_dir(self.socket_root, name, uid=uid, token=token)
+            environment = {"UDS": f"{REPLICA_SOCKET_DIR}/{SOCKET_NAME}"}
+            if token:
+                environment["REPLICA_TOKEN_FILE"] = f"{REPLICA_SOCKET_DIR}/{TOKEN_FILE}"
             labels = {
                 MANAGED: "1",
                 INSTANCE: self.instance,
@@ -399,14 +440,15 @@ class DockerRuntime:
                     memswap_limit=f"{limits.memory_mb}m",  # no swap on top of the limit
                     nano_cpus=int(limits.cpus * 1e9),
                     pids_limit=limits.pids,
-                    user=f"{RUNTIME_UID}:{RUNTIME_UID}",
-                    ports={PORT_KEY: (publish_host, None)},
+                    user=f"{uid}:{uid}" if uid == RUNTIME_UID else f"{uid}:{os.getgid()}",
+                    network_mode="none",
+                    volumes={str(sock_dir): {"bind": REPLICA_SOCKET_DIR, "mode": "rw"}},
+                    environment=environment,
                     restart_policy={"Name": "no"},  # the portal's reconciler restarts
                     privileged=False,
                 )
             except docker.errors.APIError as exc:
                 raise ReplicaError(f"cannot start {name}: {exc.explanation or exc}") from exc
-            # Docker chose the host port; it is known once the container runs.
             deadline = time.monotonic() + 10
             while True:
                 container.reload()
@@ -429,11 +471,18 @@ class DockerRuntime:
     def remove_replica(self, name: str) -> None:
         c = client(timeout=60)
         try:
-            c.containers.get(name).remove(force=True)
+            self._remove(c.containers.get(name))
         except docker.errors.NotFound:
             pass
         finally:
             c.close()
+
+    def _remove(self, container) -> None:
+        """Remove a container and its socket directory (only ever one under a socket root)."""
+        source = _socket_source(container.attrs)
+        container.remove(force=True)
+        if source and Path(source).parent.name == "sockets":
+            shutil.rmtree(source, ignore_errors=True)
 
     def list_replicas(self, deployment: str | None = None) -> list[ReplicaStatus]:
         filters = [f"{MANAGED}=1", "portal.replica"]
@@ -485,19 +534,13 @@ class DockerRuntime:
         # Replicas and images from before the label existed belong to the default instance.
         return (labels or {}).get(INSTANCE, DEFAULT_INSTANCE) == self.instance
 
-    @staticmethod
-    def _status(container) -> ReplicaStatus:
+    def _status(self, container) -> ReplicaStatus:
         attrs = container.attrs
         labels = attrs.get("Config", {}).get("Labels") or {}
         state = attrs.get("State", {})
-        bindings = (attrs.get("NetworkSettings", {}).get("Ports") or {}).get(PORT_KEY) or []
-        # Prefer the IPv4 binding when Docker publishes on both families.
-        bindings = sorted(bindings, key=lambda b: ":" in b.get("HostIp", ""))
-        endpoint = None
-        if bindings and bindings[0].get("HostPort"):
-            host = _public_host(bindings[0].get("HostIp", ""))
-            host = f"[{host}]" if ":" in host else host
-            endpoint = f"http://{host}:{bindings[0]['HostPort']}"
+        source = _socket_source(attrs)
+        endpoint = f"unix:{source}/{SOCKET_NAME}" if source else None
+        token = self.replica_token(labels.get("portal.deployment", ""))
         health = (state.get("Health") or {}).get("Status", "")
         docker_state = state.get("Status", container.status)
         detail = f"docker: {docker_state}" + (f", health: {health}" if health else "")
@@ -508,7 +551,7 @@ class DockerRuntime:
                 run_state, healthy = "running", True
             elif health == "unhealthy":
                 run_state = "unhealthy"
-            elif probe_health(endpoint, timeout=0.5):
+            elif probe_health(endpoint, timeout=0.5, token=token):
                 # Docker checks every 5 s; the server answering is proof enough sooner.
                 run_state, healthy = "running", True
             else:

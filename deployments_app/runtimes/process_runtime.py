@@ -5,12 +5,22 @@ like the Docker dependency layer) plus a build directory with the model file and
 server code. A replica is the model server started in its own session, with rlimits and
 a minimal environment. Its state file lets a restarted portal find it again.
 
+Replicas are contained like the validation sandbox (models_app/validation/isolation.py):
+as root, each runs in new mount, PID and network namespaces (no network interface at all),
+chrooted into a read-only root that holds only /usr, /etc, its interpreter, its venv and
+its build (at /sandbox/in), under a uid of its own with no capabilities and no_new_privs.
+It listens on a unix socket in a directory only root and that uid can enter (bound at
+/run/portal), and answers only calls that carry its deployment's token. Without those
+namespaces the runtime refuses to start a replica as root; a portal that is not root runs
+replicas as itself, in user and network namespaces when the host allows them.
+
 Layout::
 
     env_root/rt-<pins>/           the venv (bin/python, .complete written last)
     env_root/rt-<pins>.lock       one builder per pin set across processes
     state_root/builds/<tag>/      model.bin, server/, build.json
-    state_root/replicas/<name>.json, <name>.log
+    state_root/replicas/<name>.json, <name>.log, <name>.root (the namespace's mount point)
+    state_root/sockets/<hash>/    http.sock and token of one replica (0700, its uid)
 """
 
 from __future__ import annotations
@@ -20,10 +30,10 @@ import fcntl
 import json
 import math
 import os
+import random
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +42,9 @@ from collections.abc import Collection, Iterator
 from pathlib import Path
 
 from deployments_app.runtimes.base import (
+    REPLICA_SOCKET_DIR,
+    SOCKET_NAME,
+    TOKEN_FILE,
     BuildError,
     BuildResult,
     BuildSpec,
@@ -41,17 +54,32 @@ from deployments_app.runtimes.base import (
     ReplicaLimits,
     ReplicaState,
     ReplicaStatus,
+    allowlist_command,
     copy_server,
     ensure_wheels,
     pip_env,
+    prepare_socket_dir,
     probe_health,
+    remove_socket_dir,
     replica_name,
+    replica_socket_dir,
+    replica_token,
     slug,
+)
+from models_app.validation.isolation import (
+    NO_EXEC_SH,
+    UNSHARE_USER,
+    base_prefix,
+    isolation,
+    rootfs_argv,
+    uid_task_count,
 )
 
 STOP_GRACE_SECONDS = 10.0
 START_PERIOD_SECONDS = 120.0  # like the image's HEALTHCHECK start period
 LOCK_TIMEOUT = 1800.0
+# Replica uids: apart from the validation sandbox's (200000-299999), one per replica.
+REPLICA_UID_RANGE = (300_000, 399_999)
 
 
 def build_tag(spec: BuildSpec) -> str:
@@ -103,13 +131,6 @@ def _run(cmd: list[str], log: LogFn, what: str) -> None:
         raise BuildError(f"{what} failed (exit {proc.returncode})", "\n".join(output[-20:]))
 
 
-def _free_port(host: str) -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def _cmdline(pid: int) -> list[str]:
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -118,23 +139,51 @@ def _cmdline(pid: int) -> list[str]:
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
-def _limit_resources(memory_mb: int) -> None:
-    """Runs in the child before exec: cap its address space and core dumps."""
+def _limit_resources(memory_mb: int, processes: int | None) -> None:
+    """Runs in the child before exec: cap its address space, core dumps and (for a replica
+    with a uid of its own, which RLIMIT_NPROC counts alone) its processes."""
     limit = memory_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if processes is not None:
+        resource.setrlimit(resource.RLIMIT_NPROC, (processes, processes))
+
+
+def _make_readable(build_dir: Path) -> None:
+    """The replica's uid reads its build (bound read-only at /sandbox/in)."""
+    for root, dirs, files in os.walk(build_dir):
+        os.chmod(root, 0o755)  # noqa: S103 - read-only input of an unprivileged uid
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o644)
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
 
 
 class ProcessRuntime:
-    """`Runtime` with local processes (no isolation beyond rlimits and its own session)."""
+    """`Runtime` with local processes, each contained like the validation sandbox."""
 
     name = "process"
 
-    def __init__(self, *, state_root: Path, env_root: Path, python: str | None = None):
+    def __init__(
+        self,
+        *,
+        state_root: Path,
+        env_root: Path,
+        python: str | None = None,
+        token_key: str | bytes | None = None,
+    ):
         self.state_root = Path(state_root)
         self.env_root = Path(env_root)
         self.python = python or sys.executable
+        # The portal passes its SECRET_KEY: replicas then answer only calls with their token.
+        self.token_key = token_key
         self._children: dict[int, subprocess.Popen] = {}  # reaped so they never linger as zombies
+
+    def replica_token(self, deployment: str) -> str:
+        return replica_token(self.token_key, deployment)
+
+    @property
+    def socket_root(self) -> Path:
+        return self.state_root / "sockets"
 
     # -- builds ----------------------------------------------------------------------
 
@@ -208,6 +257,13 @@ class ProcessRuntime:
         try:
             shutil.copyfile(spec.artifact_path, tmp / "model.bin")
             copy_server(Path(spec.server_dir), tmp / "server")
+            # Trusted code only (no model file is read): the environment's allowlist.
+            subprocess.run(
+                allowlist_command(str(venv / "bin" / "python"), str(tmp / "server")),
+                check=True,
+                capture_output=True,
+                timeout=300,
+            )
             _write_json(
                 tmp / "build.json",
                 {
@@ -220,6 +276,7 @@ class ProcessRuntime:
                     "labels": spec.extra_labels,
                 },
             )
+            _make_readable(tmp)
             if build_dir.exists():  # a concurrent build of the same tag won: same content
                 shutil.rmtree(tmp)
             else:
@@ -307,19 +364,19 @@ class ProcessRuntime:
             info = json.loads((build_dir / "build.json").read_text())
         except (OSError, ValueError) as exc:
             raise ReplicaError(f"build {build.ref} is missing; build it first") from exc
-        host = publish_host or "127.0.0.1"
-        port = _free_port(host)
+        iso = isolation()
+        mode = iso["mode"]
+        if os.geteuid() == 0 and mode != "namespaces":
+            raise ReplicaError(
+                f"refusing to start {name} as root without isolation: the process runtime needs "
+                "mount, PID and network namespaces (util-linux unshare, setpriv, chroot) to run "
+                f"a model server unprivileged ({'; '.join(iso['notes']) or 'unavailable'}); "
+                "use the docker runtime, or run the portal as an unprivileged user"
+            )
+        uid = self._free_uid() if mode == "namespaces" else os.getuid()
+        token = self.replica_token(deployment)
+        sock_dir = prepare_socket_dir(self.socket_root, name, uid=uid, token=token)
         python = str(Path(info["venv"]) / "bin" / "python")
-        cmd = [
-            python,
-            str(build_dir / "server" / "server.py"),
-            "--model",
-            str(build_dir / "model.bin"),
-            "--host",
-            host,
-            "--port",
-            str(port),
-        ]
         threads = str(max(1, math.ceil(limits.cpus)))
         env = {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -335,6 +392,39 @@ class ProcessRuntime:
         }
         replicas = self.state_root / "replicas"
         replicas.mkdir(parents=True, exist_ok=True)
+        processes: int | None = None  # RLIMIT_NPROC would count the portal's own processes
+        if mode == "namespaces":
+            _make_readable(build_dir)
+            newroot = replicas / f"{name}.root"
+            newroot.mkdir(exist_ok=True)
+            server = [
+                python, "-s", "-B", "/sandbox/in/server/server.py",
+                "--model", "/sandbox/in/model.bin", "--uds", f"{REPLICA_SOCKET_DIR}/{SOCKET_NAME}",
+            ]  # fmt: skip
+            if token:
+                server += ["--token-file", f"{REPLICA_SOCKET_DIR}/{TOKEN_FILE}"]
+            venv = str(Path(info["venv"]).resolve())
+            cmd = rootfs_argv(
+                chroot=iso["chroot"],
+                newroot=newroot,
+                indir=build_dir,
+                work=sock_dir,
+                uid=uid,
+                ro_binds=sorted({str(base_prefix(Path(python))), venv}),
+                rw_binds=[(str(sock_dir), REPLICA_SOCKET_DIR)],
+                command=server,
+            )
+            env.update(HOME="/sandbox/work", TMPDIR="/tmp")  # noqa: S108 - its own tmpfs
+            processes = limits.pids
+        else:
+            cmd = [
+                python, str(build_dir / "server" / "server.py"),
+                "--model", str(build_dir / "model.bin"), "--uds", str(sock_dir / SOCKET_NAME),
+            ]  # fmt: skip
+            if token:
+                cmd += ["--token-file", str(sock_dir / TOKEN_FILE)]
+            if mode == "userns":  # not root: network and PID namespaces at least
+                cmd = [*UNSHARE_USER, *NO_EXEC_SH, *cmd]
         log_path = replicas / f"{name}.log"
         with open(log_path, "ab") as log_fh:
             try:
@@ -347,7 +437,7 @@ class ProcessRuntime:
                     stderr=log_fh,
                     start_new_session=True,
                     close_fds=True,
-                    preexec_fn=lambda: _limit_resources(limits.memory_mb),  # noqa: PLW1509 - single-threaded caller
+                    preexec_fn=lambda: _limit_resources(limits.memory_mb, processes),  # noqa: PLW1509 - single-threaded caller
                 )
             except OSError as exc:
                 raise ReplicaError(f"cannot start {name}: {exc}") from exc
@@ -356,8 +446,9 @@ class ProcessRuntime:
             "name": name,
             "pid": proc.pid,
             "cmdline": cmd,
-            "host": host,
-            "port": port,
+            "socket": str(sock_dir / SOCKET_NAME),
+            "uid": uid,
+            "isolation": mode,
             "build": build.ref,
             "version": spec.version,
             "deployment": deployment,
@@ -368,6 +459,20 @@ class ProcessRuntime:
         }
         _write_json(self._state_path(name), state)
         return self._status(name, state)
+
+    def _free_uid(self) -> int:
+        """A uid no process and no other replica of ours uses (RLIMIT_NPROC, signals and
+        /proc access then concern this replica alone)."""
+        taken = set()
+        for path in (self.state_root / "replicas").glob("*.json"):
+            state = self._read_state(path.stem)
+            if state is not None and state.get("uid") is not None:
+                taken.add(int(state["uid"]))
+        for _ in range(100):
+            uid = random.randint(*REPLICA_UID_RANGE)  # noqa: S311 - not a secret, just distinct
+            if uid not in taken and uid_task_count(uid) == 0:
+                return uid
+        raise ReplicaError("no free uid for a replica")
 
     def stop_replica(self, name: str) -> None:
         state = self._read_state(name)
@@ -391,6 +496,9 @@ class ProcessRuntime:
         self.stop_replica(name)
         self._state_path(name).unlink(missing_ok=True)
         (self.state_root / "replicas" / f"{name}.log").unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # empty once its namespace is gone
+            (self.state_root / "replicas" / f"{name}.root").rmdir()
+        remove_socket_dir(self.socket_root, name)
 
     def list_replicas(self, deployment: str | None = None) -> list[ReplicaStatus]:
         found = []
@@ -432,10 +540,9 @@ class ProcessRuntime:
         return True
 
     def _status(self, name: str, state: dict) -> ReplicaStatus:
-        host = state.get("host", "127.0.0.1")
-        if host in ("0.0.0.0", "::"):  # noqa: S104 - a wildcard bind is reached on loopback
-            host = "127.0.0.1"
-        endpoint = f"http://{f'[{host}]' if ':' in host else host}:{state.get('port')}"
+        sock = state.get("socket") or str(replica_socket_dir(self.socket_root, name) / SOCKET_NAME)
+        endpoint: str | None = f"unix:{sock}"
+        token = self.replica_token(str(state.get("deployment", "")))
         run_state: ReplicaState
         healthy = False
         if not self._alive(state):
@@ -444,7 +551,7 @@ class ProcessRuntime:
             tail = self._log_tail(state)
             if tail:
                 detail += f"; last output: {tail}"
-        elif probe_health(endpoint, timeout=0.5):
+        elif probe_health(endpoint, timeout=0.5, token=token):
             run_state, healthy, detail = "running", True, f"pid {state['pid']}"
         elif time.time() - float(state.get("started_at", 0)) < START_PERIOD_SECONDS:
             run_state, detail = "starting", f"pid {state['pid']}, not answering yet"

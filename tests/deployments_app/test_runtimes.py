@@ -17,7 +17,6 @@ import os
 import shutil
 import signal
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from deployments_app.runtimes.base import (
     ReplicaLimits,
     Runtime,
     replica_name,
+    replica_request,
 )
 from deployments_app.runtimes.registry import get_runtime
 from tests.services import require
@@ -97,13 +97,11 @@ def _spec(tmp: Path, name: str, *, deployment: str, version: int = 1) -> BuildSp
 
 
 def _predict(endpoint: str, instances: list) -> list:
-    request = urllib.request.Request(  # noqa: S310 - http to our replica
-        f"{endpoint}/predict",
-        data=json.dumps({"instances": instances}).encode(),
-        headers={"Content-Type": "application/json"},
+    status, body = replica_request(
+        endpoint, "POST", "/predict", body=json.dumps({"instances": instances}).encode()
     )
-    with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310 - our replica
-        return json.loads(resp.read())["predictions"]
+    assert status == 200, body
+    return json.loads(body)["predictions"]
 
 
 def _assert_predicts(endpoint: str, name: str) -> None:
@@ -305,7 +303,7 @@ def test_docker_replicas_serve_predictions_hardened_and_are_found_by_label(
     endpoints = {s.endpoint for s in listed}
     assert len(endpoints) == 2
     for status in listed:
-        assert status.endpoint.startswith("http://127.0.0.1:")
+        assert status.endpoint.startswith("unix:/") and status.endpoint.endswith("/http.sock")
         assert status.version == 1
         _assert_predicts(status.endpoint, "spam")
 
@@ -322,8 +320,12 @@ def test_docker_replicas_serve_predictions_hardened_and_are_found_by_label(
         assert host_config["PidsLimit"] == 128
         assert host_config["Tmpfs"] == {"/tmp": "size=64m"}
         assert host_config["RestartPolicy"]["Name"] in ("", "no")
-        assert all(b["HostIp"] == "127.0.0.1" for b in host_config["PortBindings"]["8080/tcp"])
-        assert not container.attrs["Mounts"]  # no volumes, no docker socket
+        # No network at all, no published port; one mount: the replica's socket directory.
+        assert host_config["NetworkMode"] == "none"
+        assert not host_config.get("PortBindings")
+        [mount] = container.attrs["Mounts"]
+        assert (mount["Type"], mount["Destination"]) == ("bind", "/run/portal")
+        assert f"unix:{mount['Source']}/http.sock" == started[0].endpoint
         assert container.attrs["Config"]["User"] == "10001:10001"
         assert container.exec_run("id -u").output.strip() == b"10001"
         assert container.labels["portal.managed"] == "1"
