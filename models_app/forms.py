@@ -1,10 +1,9 @@
 from __future__ import annotations
 
-import json
-
 from django import forms
 
 from models_app.models import NAME_VALIDATOR
+from portal import jsonlimits
 
 
 class UploadForm(forms.Form):
@@ -22,7 +21,7 @@ class UploadForm(forms.Form):
         required=False,
         help_text="Optional: a few input rows as JSON, or a small CSV.",
     )
-    tags = forms.CharField(required=False, help_text="Comma-separated.")
+    tags = forms.CharField(required=False, max_length=1000, help_text="Comma-separated.")
     metrics = forms.CharField(
         required=False,
         widget=forms.Textarea(attrs={"rows": 2}),
@@ -43,8 +42,8 @@ class UploadForm(forms.Form):
         if not raw:
             return {}
         try:
-            value = json.loads(raw)
-        except json.JSONDecodeError as exc:
+            value = jsonlimits.loads(raw)
+        except jsonlimits.JSONLimitError as exc:
             raise forms.ValidationError(f"not valid JSON: {exc}") from exc
         if not isinstance(value, dict):
             raise forms.ValidationError("metrics must be a JSON object")

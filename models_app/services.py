@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from collections.abc import Iterable
 from datetime import timedelta
@@ -18,6 +17,7 @@ from django.utils import timezone
 
 from models_app.models import NAME_VALIDATOR, ModelAlias, ModelVersion, RegisteredModel
 from models_app.storage import artifact_path, artifact_store
+from portal import jsonlimits
 from portal.audit import Actor, audit_record
 from portal.errors import ApplicationError, ConflictError, NotFoundError, PermissionDeniedError
 from portal.heartbeat import beating
@@ -33,10 +33,14 @@ def parse_input_example(text: str) -> tuple[list[Any] | None, list[str] | None]:
     text = (text or "").strip()
     if not text:
         return None, None
+    if len(text) > settings.PORTAL_JSON_MAX_BYTES:
+        raise ApplicationError(
+            f"the input example is larger than {settings.PORTAL_JSON_MAX_BYTES} bytes"
+        )
     if text[0] in "[{":
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
+            data = jsonlimits.loads(text)
+        except jsonlimits.JSONLimitError as exc:
             raise ApplicationError(f"the input example is not valid JSON: {exc}") from exc
         if isinstance(data, dict):
             data = data.get("instances", data.get("inputs", [data]))

@@ -8,8 +8,10 @@ from django.db import models
 class AuditEvent(models.Model):
     """One recorded action. Written only through `portal.audit.audit_record`.
 
-    Each row carries the hash of the previous row and its own hash over its content, so an
-    edited or deleted row breaks the chain (`manage.py audit_verify` finds the first break).
+    Each row carries the hash of the previous row and its own hash over its content (an HMAC
+    with the audit key, named by `key_id`), so an edited or deleted row breaks the chain
+    (`manage.py audit_verify` finds the first break; checkpoints kept outside the database
+    show deleted newest rows, see portal.audit).
     Actor and target names are copied as strings so history survives deletes.
     """
 
@@ -31,6 +33,8 @@ class AuditEvent(models.Model):
     details = models.JSONField(default=dict, blank=True)
     prev_hash = models.CharField(max_length=64)
     hash = models.CharField(max_length=64, unique=True)
+    # Which audit key signed the row; "" for rows written before the chain was keyed.
+    key_id = models.CharField(max_length=16, blank=True, default="")
 
     class Meta:
         ordering = ["-id"]

@@ -39,6 +39,15 @@ else:
 
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
 
+# The audit chain's HMAC key lives outside the database (portal.audit). Like the secret key,
+# production requires it; development makes a key file once under the data dir.
+PORTAL_AUDIT_KEY = env.str("PORTAL_AUDIT_KEY", default="")
+if not DEBUG and len(PORTAL_AUDIT_KEY) < 32:
+    raise ImproperlyConfigured(
+        "PORTAL_AUDIT_KEY must be set to a random string of at least 32 characters "
+        "when DJANGO_DEBUG=false (keep it outside the database and its backups)"
+    )
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -97,6 +106,16 @@ PORTAL_UPLOAD_TMP_DIR = Path(
     env.str("PORTAL_UPLOAD_TMP_DIR", default=str(PORTAL_DATA_DIR / "uploads"))
 )
 PORTAL_MAX_UPLOAD_MB = env.int("PORTAL_MAX_UPLOAD_MB", default=500)
+PORTAL_AUDIT_KEY_FILE = Path(
+    env.str("PORTAL_AUDIT_KEY_FILE", default=str(PORTAL_DATA_DIR / "audit.key"))
+)
+# Append-only checkpoints of the audit chain's head, outside the database.
+PORTAL_AUDIT_CHECKPOINT_FILE = Path(
+    env.str(
+        "PORTAL_AUDIT_CHECKPOINT_FILE", default=str(PORTAL_DATA_DIR / "audit-checkpoints.jsonl")
+    )
+)
+PORTAL_AUDIT_CHECKPOINT_SECONDS = env.float("PORTAL_AUDIT_CHECKPOINT_SECONDS", default=3600.0)
 
 # --- Database ------------------------------------------------------------------------------
 DATABASES = {
@@ -154,6 +173,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": PORTAL_IMAGE_PRUNE_SECONDS,
         "options": {"expires": PORTAL_IMAGE_PRUNE_SECONDS},
     },
+    "audit-checkpoint": {
+        "task": "portal.tasks.audit_checkpoint",
+        "schedule": PORTAL_AUDIT_CHECKPOINT_SECONDS,
+        "options": {"expires": PORTAL_AUDIT_CHECKPOINT_SECONDS},
+    },
 }
 
 # --- Cache (locks, API-key lookups, rate limits): Redis when configured, else on disk ---
@@ -194,11 +218,23 @@ PORTAL_PREDICT_MAX_BODY_BYTES = env.int("PORTAL_PREDICT_MAX_BODY_BYTES", default
 # Threads per web process for Django's pages and API (the prediction lane needs none).
 PORTAL_WEB_THREADS = env.int("PORTAL_WEB_THREADS", default=8)
 PORTAL_METRICS_ALLOW = env.list("PORTAL_METRICS_ALLOW", default=["127.0.0.1", "::1"])
+# Every JSON a request brings (API bodies, form fields; prediction bodies up to the limit
+# above) is refused with a 400 past these (portal.jsonlimits).
+PORTAL_JSON_MAX_BYTES = env.int("PORTAL_JSON_MAX_BYTES", default=1024 * 1024)
+PORTAL_JSON_MAX_DEPTH = env.int("PORTAL_JSON_MAX_DEPTH", default=32)
 PORTAL_SANDBOX_TIMEOUT = env.int("PORTAL_SANDBOX_TIMEOUT", default=120)
 PORTAL_SANDBOX_MEMORY_MB = env.int("PORTAL_SANDBOX_MEMORY_MB", default=2048)
 
 # --- Auth ----------------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
+# Validation fails, naming why, on a host whose sandbox isolates less than this
+# (none < userns < namespaces, as models_app.validation.sandbox.isolation() reports).
+PORTAL_SANDBOX_MIN_ISOLATION = env.str("PORTAL_SANDBOX_MIN_ISOLATION", default="namespaces")
+if PORTAL_SANDBOX_MIN_ISOLATION not in ("none", "userns", "namespaces"):
+    raise ImproperlyConfigured(
+        f"PORTAL_SANDBOX_MIN_ISOLATION={PORTAL_SANDBOX_MIN_ISOLATION!r}: "
+        "use none, userns or namespaces"
+    )
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
@@ -261,6 +297,11 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"]
     + (["rest_framework.renderers.BrowsableAPIRenderer"] if DEBUG else []),
 }
+    "DEFAULT_PARSER_CLASSES": [
+        "portal.api.BoundedJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
 SPECTACULAR_SETTINGS = {
     "TITLE": "Model Portal API",
     "DESCRIPTION": "Upload, validate, deploy and call scikit-learn models.",

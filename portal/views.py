@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib import messages
 from django.core.cache import cache
 from django.core.paginator import Paginator
@@ -19,10 +20,11 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
 from portal import selectors
-from portal.audit import Actor, audit_record, audit_verify
+from portal.audit import Actor, audit_record, audit_verify, client_ip
 from portal.health import run_checks
 from portal.models import AuditEvent
 from portal.permissions import capability_required
+from portal.roles import user_can
 
 AUDIT_PAGE_SIZE = 50
 EXPORT_CHUNK = 2000
@@ -38,13 +40,17 @@ def healthz(request: HttpRequest) -> JsonResponse:
 @require_GET
 @never_cache
 def readyz(request: HttpRequest) -> JsonResponse:
-    """Readiness: every dependency answers. 503 names the failing checks."""
+    """Readiness: every dependency answers (200) or not (503).
+
+    The checks' details (paths, hosts, errors) are shown only where metrics are (allowed
+    addresses, admins): anyone else learns ready or not, and nothing about the setup.
+    """
     checks = run_checks()
     ready = all(c["ok"] for c in checks.values())
-    return JsonResponse(
-        {"status": "ready" if ready else "not ready", "checks": checks},
-        status=200 if ready else 503,
-    )
+    body: dict[str, Any] = {"status": "ready" if ready else "not ready"}
+    if client_ip(request) in settings.PORTAL_METRICS_ALLOW or user_can(request.user, "admin"):
+        body["checks"] = checks
+    return JsonResponse(body, status=200 if ready else 503)
 
 
 # ------------------------------------------------------------------------------ dashboard

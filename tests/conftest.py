@@ -99,6 +99,8 @@ def _isolated_storage(settings, tmp_path):
     # Password hashing is not what these tests measure; PBKDF2 would dominate their time.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.PORTAL_UPLOAD_TMP_DIR = tmp_path / "uploads"
+    # Checkpoints describe one database's chain: each test's database has its own.
+    settings.PORTAL_AUDIT_CHECKPOINT_FILE = tmp_path / "audit-checkpoints.jsonl"
     settings.FILE_UPLOAD_TEMP_DIR = str(tmp_path / "uploads")
     (tmp_path / "uploads").mkdir()
     (tmp_path / "artifacts").mkdir()

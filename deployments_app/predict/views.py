@@ -26,6 +26,7 @@ from deployments_app.models import Deployment
 from deployments_app.predict import keys, logwriter, metrics
 from deployments_app.predict.inputs import InputError, ParsedInput, check_rows, parse_body
 from deployments_app.predict.proxy import Target, UpstreamError, forward, get_target
+from portal import jsonlimits
 from portal.audit import client_ip
 from portal.roles import user_can
 
@@ -181,15 +182,16 @@ def check_declared(content_type: str, content_length: str | None) -> None:
 
 
 def decode_body(body: bytes, call: Call) -> Any:
-    """The JSON of a body read up to limit + 1 bytes; 413 over the limit, 400 malformed."""
+    """The JSON of a body read up to limit + 1 bytes; 413 over the limit, 400 malformed or
+    nested too deeply (PORTAL_JSON_MAX_DEPTH)."""
     limit = settings.PORTAL_PREDICT_MAX_BODY_BYTES
     if len(body) > limit:
         raise CallError(413, {"error": f"the body is larger than {limit} bytes"})
     call.body_bytes = body
     try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CallError(400, {"error": f"malformed JSON: {exc}"}) from exc
+        return jsonlimits.loads(body, max_bytes=limit)
+    except jsonlimits.JSONLimitError as exc:
+        raise CallError(400, {"error": str(exc)}) from exc
 
 
 def _require_running(target: Target) -> None:

@@ -1,12 +1,11 @@
 from __future__ import annotations
 
-import json
-
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from models_app.models import ModelAlias, ModelVersion, RegisteredModel
+from portal import jsonlimits
 
 
 class AliasOutSerializer(serializers.ModelSerializer):
@@ -88,8 +87,8 @@ class JSONField(serializers.Field):
     def to_internal_value(self, data):
         if isinstance(data, str):
             try:
-                return json.loads(data) if data.strip() else None
-            except json.JSONDecodeError as exc:
+                return jsonlimits.loads(data) if data.strip() else None
+            except jsonlimits.JSONLimitError as exc:
                 raise serializers.ValidationError(f"not valid JSON: {exc}") from exc
         return data
 
@@ -104,7 +103,7 @@ class VersionUploadSerializer(serializers.Serializer):
         required=False, default=None, help_text="rows (lists) or records (objects), as JSON"
     )
     tags = serializers.CharField(
-        required=False, allow_blank=True, default="", help_text="comma-separated"
+        required=False, allow_blank=True, default="", max_length=1000, help_text="comma-separated"
     )
     metrics = JSONField(required=False, default=None)
     sklearn_version = serializers.RegexField(

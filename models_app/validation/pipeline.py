@@ -158,8 +158,13 @@ def validate_artifact(
         frozen=env.frozen,
     )
 
-    # 5-6. Load, introspect and smoke-test in the sandbox.
+    # 5-6. Load, introspect and smoke-test in the sandbox, if it isolates enough.
     t = time.perf_counter()
+    shortfall = isolation_shortfall()
+    if shortfall:
+        report.data["sandbox"] = {"isolation": sandbox.isolation()}
+        report.step("load", "Sandboxed load", False, shortfall, t)
+        return _reject(report, shortfall)
     trusted = None
     if fmt == "skops":
         # The scanner checked each of these against the allowlist; skops wants them named.
@@ -220,6 +225,24 @@ def validate_artifact(
         example={"rows": smoke.get("input"), "columns": schema.get("columns")},
         example_output={"predictions": predictions, "probabilities": smoke.get("probabilities")},
         report=report.finish(),
+    )
+
+
+# Weakest first, as sandbox.isolation() names them.
+ISOLATION_LEVELS = ("none", "userns", "namespaces")
+
+
+def isolation_shortfall() -> str:
+    """Why the sandbox may not run here ("" when it may): this host isolates less than
+    PORTAL_SANDBOX_MIN_ISOLATION asks. Failing closed: a weaker sandbox is never used quietly."""
+    minimum = settings.PORTAL_SANDBOX_MIN_ISOLATION
+    iso = sandbox.isolation()
+    if ISOLATION_LEVELS.index(iso["mode"]) >= ISOLATION_LEVELS.index(minimum):
+        return ""
+    notes = "; ".join(iso.get("notes") or []) or "no reason given"
+    return (
+        f"the sandbox on this host offers only '{iso['mode']}' isolation ({notes}), and "
+        f"PORTAL_SANDBOX_MIN_ISOLATION requires '{minimum}': the model was not loaded"
     )
 
 

@@ -777,6 +777,7 @@ def _portal_server(tmp_path):
         os.environ,
         DJANGO_DEBUG="false",
         DJANGO_SECRET_KEY="test-" + "x" * 50,
+        PORTAL_AUDIT_KEY="test-audit-" + "y" * 32,
         DJANGO_ALLOWED_HOSTS="127.0.0.1",
         DJANGO_SECURE_SSL_REDIRECT="false",
         DATABASE_URL=f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",

@@ -60,11 +60,32 @@ def test_check_deploy_passes_in_production_mode(tmp_path):
             "DJANGO_DEBUG": "false",
             "DJANGO_SECRET_KEY": "k3y-" + "a1B2c3D4e5F6g7H8i9J0" * 3,
             "DJANGO_ALLOWED_HOSTS": "portal.example",
+            "PORTAL_AUDIT_KEY": "audit-" + "z9Y8x7W6v5" * 4,
         },
         tmp_path,
     )
     assert result.returncode == 0, result.stderr + result.stdout
     assert "no issues" in result.stdout
+
+
+@pytest.mark.parametrize("audit_key", ["", "short"])
+def test_production_refuses_to_start_without_an_audit_key(tmp_path, audit_key):
+    env = {
+        "DJANGO_DEBUG": "false",
+        "DJANGO_SECRET_KEY": "k3y-" + "a1B2c3D4e5F6g7H8i9J0" * 3,
+        "DJANGO_ALLOWED_HOSTS": "portal.example",
+        "PORTAL_AUDIT_KEY": audit_key,
+    }
+    result = _run(["check"], env, tmp_path)
+    assert result.returncode != 0
+    assert "PORTAL_AUDIT_KEY" in result.stderr
+
+
+@pytest.mark.parametrize("level", ["full", "Namespaces"])
+def test_an_unknown_minimum_isolation_is_refused(tmp_path, level):
+    result = _run(["check"], {"PORTAL_SANDBOX_MIN_ISOLATION": level}, tmp_path)
+    assert result.returncode != 0
+    assert "PORTAL_SANDBOX_MIN_ISOLATION" in result.stderr
 
 
 @pytest.mark.parametrize("instance", ["Prod", "a_b", "x" * 31, "-lead"])
