@@ -172,6 +172,9 @@ CELERY_BEAT_SCHEDULE = {
         "task": "deployments_app.tasks.prune_images",
         "schedule": PORTAL_IMAGE_PRUNE_SECONDS,
         "options": {"expires": PORTAL_IMAGE_PRUNE_SECONDS},
+# Which runtimes a deployer may choose: "auto" = docker when its daemon answers, else process
+# (so process, weaker than a container, is offered only where Docker is not); or a list.
+PORTAL_ALLOWED_RUNTIMES = env.list("PORTAL_ALLOWED_RUNTIMES", default=["auto"])
     },
     "audit-checkpoint": {
         "task": "portal.tasks.audit_checkpoint",
