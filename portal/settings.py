@@ -172,9 +172,6 @@ CELERY_BEAT_SCHEDULE = {
         "task": "deployments_app.tasks.prune_images",
         "schedule": PORTAL_IMAGE_PRUNE_SECONDS,
         "options": {"expires": PORTAL_IMAGE_PRUNE_SECONDS},
-# Which runtimes a deployer may choose: "auto" = docker when its daemon answers, else process
-# (so process, weaker than a container, is offered only where Docker is not); or a list.
-PORTAL_ALLOWED_RUNTIMES = env.list("PORTAL_ALLOWED_RUNTIMES", default=["auto"])
     },
     "audit-checkpoint": {
         "task": "portal.tasks.audit_checkpoint",
@@ -199,6 +196,9 @@ else:
 # --- Runtime -------------------------------------------------------------------------------
 # "auto" picks docker when a daemon answers, else process.
 PORTAL_RUNTIME = env.str("PORTAL_RUNTIME", default="auto")
+# Which runtimes a deployer may choose: "auto" = docker when its daemon answers, else process
+# (so process, weaker than a container, is offered only where Docker is not); or a list.
+PORTAL_ALLOWED_RUNTIMES = env.list("PORTAL_ALLOWED_RUNTIMES", default=["auto"])
 PORTAL_BASE_IMAGE = env.str("PORTAL_BASE_IMAGE", default="python:3.11-slim")
 # Names this portal's replicas (`<instance>-<deployment>-<i>`, label `portal.instance`): each
 # portal sharing a Docker engine sees and reconciles only its own.
