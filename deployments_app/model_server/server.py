@@ -46,7 +46,6 @@ import hmac
 import json
 import math
 import os
-import pickle
 import socket
 import sys
 import time
@@ -143,19 +142,21 @@ def parse_config(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def load_model(path: str, fmt: str, trusted: list[str] | None = None):
-    """Load a model file. The portal scanned and validated it before deploying."""
-    if fmt == "joblib":
-        import joblib
+    """Load the model through the restricted loader (safe_load.py beside this file).
 
-        return joblib.load(path)
-    if fmt == "pickle":
-        with open(path, "rb") as fh:
-            return pickle.load(fh)  # noqa: S301 - validated by the portal before deployment
-    if fmt == "skops":
-        import skops.io
+    The portal scanned and validated the file, but this layer does not rely on that:
+    the loader enforces the allowlist of this environment (allowlist.json beside this
+    file, written at build time; enumerated here when it is missing) on every opcode.
+    ``trusted`` (skops) is ignored: the loader derives it from the allowlist.
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import safe_load
 
-        return skops.io.load(path, trusted=trusted or None)
-    raise ValueError(f"unknown model format {fmt!r}")
+    listed = os.path.join(here, "allowlist.json")
+    allowlist = safe_load.load_allowlist(listed if os.path.exists(listed) else None)
+    return safe_load.load_model(path, fmt, allowlist=allowlist)
 
 
 def _walk(est, depth: int = 0):

@@ -39,6 +39,13 @@ SERVER_REQUIREMENTS: dict[str, str] = {
 # Files of the model server copied into a build (never __pycache__ or editor debris, so
 # the copied layer depends on the code alone).
 SERVER_FILES = ("server.py", "__main__.py", "__init__.py")
+# The restricted loader and its policy, copied beside server.py: every replica loads its
+# model through them (models_app/validation/safe_load.py), never with plain pickle.
+LOADER_DIR = Path(__file__).resolve().parents[2] / "models_app" / "validation"
+LOADER_FILES = ("policy.py", "safe_load.py")
+# The environment's exact allowlist, enumerated at build time inside the model's own
+# environment (`safe_load.py --allowlist`), read by the server before it loads the model.
+ALLOWLIST_FILE = "allowlist.json"
 SERVER_PORT = 8080
 RUNTIME_UID = 10001
 # A replica listens on a unix socket in a directory of its own that only root (the portal)
@@ -338,10 +345,15 @@ def replica_name(deployment: str, index: int, instance: str = DEFAULT_INSTANCE) 
     return f"{instance}-{slug(deployment)}-{index}"
 
 
+def _server_sources(server_dir: Path) -> list[tuple[str, Path]]:
+    return [(name, Path(server_dir) / name) for name in SERVER_FILES] + [
+        (name, LOADER_DIR / name) for name in LOADER_FILES
+    ]
+
+
 def server_code_hash(server_dir: Path) -> str:
     digest = hashlib.sha256()
-    for name in SERVER_FILES:
-        path = Path(server_dir) / name
+    for name, path in _server_sources(server_dir):
         if path.exists():
             digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
@@ -349,10 +361,15 @@ def server_code_hash(server_dir: Path) -> str:
 
 def copy_server(server_dir: Path, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
-    for name in SERVER_FILES:
-        src = Path(server_dir) / name
+    for name, src in _server_sources(server_dir):
         if src.exists():
             shutil.copyfile(src, dest / name)
+
+
+def allowlist_command(python: str, server_dest: str) -> list[str]:
+    """Enumerate the allowlist of `python`'s environment into the server directory."""
+    return [python, "-I", f"{server_dest}/safe_load.py", "--allowlist",
+            f"{server_dest}/{ALLOWLIST_FILE}"]  # fmt: skip
 
 
 def pip_python() -> str:

@@ -412,3 +412,43 @@ def ensure_env(
         built=True,
         build_seconds=build_seconds,
     )
+
+
+# --------------------------------------------------------------------------- allowlist
+
+_LOADER = ("policy.py", "safe_load.py")
+
+
+def ensure_allowlist(env: EnvInfo, *, timeout: float = 600.0) -> Path:
+    """The environment's exact allowlist (``safe_load.py --allowlist``), cached beside it.
+
+    Enumerated by the environment's own Python from its real objects (no model file is
+    read). The file name carries a hash of the policy and loader, so a policy change is
+    enumerated again.
+    """
+    here = Path(__file__).parent
+    digest = hashlib.sha256(b"".join((here / name).read_bytes() for name in _LOADER))
+    path = Path(env.path) / f"allowlist-{digest.hexdigest()[:16]}.json"
+    if path.is_file():
+        return path
+    with tempfile.TemporaryDirectory(prefix="allowlist-") as tmp:
+        for name in _LOADER:
+            shutil.copyfile(here / name, Path(tmp) / name)
+        proc = subprocess.run(
+            [str(env.python), "-I", str(Path(tmp) / "safe_load.py"), "--allowlist", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={
+                "PATH": "/usr/bin:/bin",
+                "LANG": "C.UTF-8",
+                "OPENBLAS_NUM_THREADS": "1",
+                **{k: v for k, v in os.environ.items() if k.startswith("OPENBLAS_CORE")},
+                **{k: v for k, v in os.environ.items() if k == "OPENBLAS_L2_SIZE"},
+            },
+        )
+    if proc.returncode != 0 or not path.is_file():
+        raise EnvBuildError(
+            f"could not enumerate the allowlist of {env.path}: {proc.stderr[-2000:]}"
+        )
+    return path

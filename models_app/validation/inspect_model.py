@@ -118,29 +118,18 @@ def _error(exc):
 
 
 def load_model(path, fmt, options, report):
-    if fmt == "pickle":
-        import pickle
+    """Load through the restricted loader copied beside this script (never plain pickle).
 
-        with open(path, "rb") as fh:
-            return pickle.load(fh)  # noqa: S301 - vetted by the scanner, contained by the sandbox
-    if fmt == "joblib":
-        import joblib
+    ``options["allowlist"]`` names the environment's allowlist file, written by the portal
+    with this environment's Python; without it the loader enumerates it here.
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:
+        sys.path.insert(0, here)  # python -I does not put the script's folder on the path
+    import safe_load
 
-        return joblib.load(path)
-    if fmt == "skops":
-        import skops.io as sio
-
-        trusted = options.get("trusted")
-        if trusted is None:
-            trusted = sio.get_untrusted_types(file=path)
-            if trusted:
-                report.warn(
-                    "load",
-                    "UntrustedTypes",
-                    "no trusted list given; trusting the file's own types: " + ", ".join(trusted),
-                )
-        return sio.load(path, trusted=list(trusted))
-    raise ValueError(f"unknown format {fmt!r}")
+    allowlist = safe_load.load_allowlist(options.get("allowlist"))
+    return safe_load.load_model(path, fmt, allowlist=allowlist)
 
 
 # --------------------------------------------------------------------------- introspection

@@ -7,6 +7,7 @@ opcodes, and only the sandbox child process loads the file.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from typing import Any
 
 from django.conf import settings
 
-from models_app.validation import envs, sandbox
+from models_app.validation import envs, policy, sandbox
 from models_app.validation.scan import scan_file
 
 
@@ -158,7 +159,39 @@ def validate_artifact(
         frozen=env.frozen,
     )
 
-    # 5-6. Load, introspect and smoke-test in the sandbox, if it isolates enough.
+    # 5. The exact allowlist of that environment: every name the scanner found must be on
+    # it, called only if it may be, with no BUILD state shadowing a method. The loaders
+    # in the sandbox and in every replica enforce the same list on every opcode.
+    t = time.perf_counter()
+    try:
+        allowlist_path = envs.ensure_allowlist(env)
+        allowlist = json.loads(allowlist_path.read_text())
+    except Exception as exc:  # noqa: BLE001 - shown to the uploader
+        reason = f"could not list what scikit-learn {sklearn_version} models may contain: {exc}"
+        report.step("allowlist", "Allowlist", False, reason, t)
+        return _reject(report, reason)
+    problems = policy.check_scanned(scan.globals_found, scan.called, scan.state_keys, allowlist)
+    problems += [
+        (name, reason)
+        for name in scan.skops_untrusted_types
+        if (reason := policy.check_allowed(name, allowlist))
+    ]
+    if problems:
+        names = "; ".join(f"{name} ({why})" for name, why in problems[:10])
+        reason = f"the file holds what a scikit-learn {sklearn_version} model never does: {names}"
+        report.step("allowlist", "Allowlist", False, reason, t)
+        return _reject(report, reason)
+    report.step(
+        "allowlist",
+        "Allowlist",
+        True,
+        f"every imported name is on the scikit-learn {sklearn_version} allowlist "
+        f"({len(allowlist.get('names', {}))} names)",
+        t,
+    )
+
+    # 6-7. Load (through the restricted loader), introspect and smoke-test in the sandbox,
+    # if it isolates enough.
     t = time.perf_counter()
     shortfall = isolation_shortfall()
     if shortfall:
@@ -176,6 +209,7 @@ def validate_artifact(
         example=example_rows,
         columns=example_columns,
         trusted=trusted,
+        allowlist=allowlist_path,
         timeout=settings.PORTAL_SANDBOX_TIMEOUT,
         memory_mb=settings.PORTAL_SANDBOX_MEMORY_MB,
     )

@@ -79,6 +79,7 @@ from .isolation import (
 __all__ = ["SandboxError", "isolation", "run_inspection"]
 
 INSPECT_SCRIPT = Path(__file__).with_name("inspect_model.py")
+LOADER_FILES = ("policy.py", "safe_load.py")
 
 MAX_REPORT_BYTES = 4 * 1024 * 1024
 MAX_STDERR_BYTES = 64 * 1024
@@ -178,6 +179,7 @@ def run_inspection(
     example: list | None = None,
     columns: list | None = None,
     trusted: list[str] | None = None,
+    allowlist: str | os.PathLike[str] | None = None,
     timeout: float = 60,
     memory_mb: int = 1024,
     file_size_mb: int = 10,
@@ -234,13 +236,23 @@ def run_inspection(
         shutil.copyfile(model_path, target)
         script = indir / "inspect_model.py"
         shutil.copyfile(INSPECT_SCRIPT, script)
+        # The restricted loader, its policy and this environment's allowlist load the model.
+        loader = [indir / name for name in LOADER_FILES]
+        for f in loader:
+            shutil.copyfile(INSPECT_SCRIPT.with_name(f.name), f)
+        listed = None
+        if allowlist is not None:
+            shutil.copyfile(allowlist, indir / "allowlist.json")
+            loader.append(indir / "allowlist.json")
+            listed = ("/sandbox/in" if mode == "namespaces" else str(indir)) + "/allowlist.json"
         options = indir / "options.json"
         options.write_text(
             json.dumps(
-                {"example": example, "columns": columns, "trusted": trusted, "max_rows": max_rows}
+                {"example": example, "columns": columns, "trusted": trusted,
+                 "max_rows": max_rows, "allowlist": listed}
             )
-        )
-        for f in (target, script, options):
+        )  # fmt: skip
+        for f in (target, script, options, *loader):
             os.chmod(f, 0o444)
 
         child_env = {

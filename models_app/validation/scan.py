@@ -59,6 +59,14 @@ from models_app.validation.formats import (
     detect_format,
     parse_zfile_header,
 )
+from models_app.validation.policy import (
+    ARRAY_CLASSES,
+    CLASS_FIRST_ARG,
+    NUMPY_ARRAY_WRAPPER,
+    canonical_module,
+    check_global,
+    check_wrapper_fields,
+)
 
 __all__ = [
     "DEFAULT_MAX_DECOMPRESSED_BYTES",
@@ -101,488 +109,6 @@ _CHUNK = 1024**2
 _MAX_READ = 16 * 1024**2
 
 # --------------------------------------------------------------------------
-# Allowlist
-# --------------------------------------------------------------------------
-
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-# scikit-learn classes (estimators, transformers, trees, losses, kernels...)
-# are CamelCase, possibly with leading underscores for private ones.
-_CLASS_NAME = re.compile(r"_*[A-Z][A-Za-z0-9_]*\Z")
-# Cython's generated unpickling helper for cdef classes: __pyx_unpickle_X(type,
-# checksum, state) checks that type is a subclass of X and that the checksum
-# matches X's layout, then restores its fields.
-_CYTHON_UNPICKLE = re.compile(r"__pyx_unpickle_[A-Za-z_][A-Za-z0-9_]*\Z")
-_SKLEARN_METRIC = re.compile(r"[a-z][a-z0-9_]*_(score|error|loss|deviance)\Z")
-_SCIPY_SPARSE_NAME = re.compile(r"(csr|csc|coo|bsr|dia|dok|lil)_(matrix|array)\Z")
-_SCIPY_SPARSE_MODULES = frozenset(
-    ["scipy.sparse"]
-    + [
-        f"scipy.sparse.{prefix}{kind}"
-        for prefix in ("_", "")
-        for kind in (
-            "csr",
-            "csc",
-            "coo",
-            "bsr",
-            "dia",
-            "dok",
-            "lil",
-            "arrays",
-        )
-    ]
-)
-
-NUMPY_ARRAY_WRAPPER = "joblib.numpy_pickle.NumpyArrayWrapper"
-
-_ALLOWED: dict[str, str] = {
-    # numpy arrays, dtypes and scalars (pickled by ndarray/dtype.__reduce__).
-    "numpy.core.multiarray._reconstruct": "numpy array reconstruction",
-    "numpy._core.multiarray._reconstruct": "numpy array reconstruction",
-    "numpy.core.multiarray.scalar": "numpy scalar reconstruction",
-    "numpy._core.multiarray.scalar": "numpy scalar reconstruction",
-    "numpy.core.numeric._frombuffer": "numpy array from a protocol-5 buffer",
-    "numpy._core.numeric._frombuffer": "numpy array from a protocol-5 buffer",
-    "numpy.ndarray": "numpy array type",
-    "numpy.matrix": "numpy matrix type",
-    "numpy.dtype": "numpy dtype",
-    # numpy random state (estimators may hold a RandomState/Generator).
-    "numpy.random._pickle.__randomstate_ctor": "numpy RandomState unpickling helper",
-    "numpy.random._pickle.__bit_generator_ctor": "numpy bit generator unpickling helper",
-    "numpy.random._pickle.__generator_ctor": "numpy Generator unpickling helper",
-    "numpy.random.__RandomState_ctor": "numpy < 1.17 RandomState unpickling helper",
-    "numpy.random.mtrand.RandomState": "numpy RandomState",
-    "numpy.random._generator.Generator": "numpy Generator",
-    "numpy.random._mt19937.MT19937": "numpy bit generator",
-    "numpy.random._pcg64.PCG64": "numpy bit generator",
-    "numpy.random._pcg64.PCG64DXSM": "numpy bit generator",
-    "numpy.random._philox.Philox": "numpy bit generator",
-    "numpy.random._sfc64.SFC64": "numpy bit generator",
-    "numpy.random.bit_generator.SeedSequence": "numpy seed sequence",
-    "numpy.random.bit_generator.SeedlessSeedSequence": "numpy seed sequence",
-    # Masked arrays (GridSearchCV.cv_results_ holds them).
-    "numpy.ma.core._mareconstruct": "numpy masked array reconstruction",
-    "numpy.ma.core.MaskedArray": "numpy masked array type",
-    "numpy.ma.MaskedArray": "numpy masked array type",
-    # joblib's inline array placeholder.
-    NUMPY_ARRAY_WRAPPER: "joblib inline numpy array",
-    # Python's own reconstruction helpers.
-    "copyreg._reconstructor": "object reconstruction for protocols 0/1 (cls.__new__ + __init__)",
-    "copyreg.__newobj__": "cls.__new__(cls, *args)",
-    "_codecs.encode": "str -> bytes for protocol 0-2 bytes objects (numpy array data)",
-    "collections.OrderedDict": "ordered dict",
-    "collections.defaultdict": "dict with a default factory (the factory is itself checked)",
-    "collections.Counter": "counting dict",
-    "collections.deque": "deque",
-}
-for _name in (
-    "object",
-    "slice",
-    "set",
-    "frozenset",
-    "complex",
-    "bytearray",
-    "bytes",
-    "int",
-    "float",
-    "str",
-    "bool",
-    "list",
-    "dict",
-    "tuple",
-    "range",
-    "Ellipsis",
-    "NotImplemented",
-):
-    _ALLOWED[f"builtins.{_name}"] = "plain built-in data type"
-# numpy scalar types (e.g. ``dtype=np.float64`` estimator parameters).
-for _name in (
-    "bool_",
-    "bool",
-    "int8",
-    "int16",
-    "int32",
-    "int64",
-    "uint8",
-    "uint16",
-    "uint32",
-    "uint64",
-    "intp",
-    "uintp",
-    "intc",
-    "uintc",
-    "short",
-    "ushort",
-    "longlong",
-    "ulonglong",
-    "byte",
-    "ubyte",
-    "float16",
-    "float32",
-    "float64",
-    "half",
-    "single",
-    "double",
-    "longdouble",
-    "complex64",
-    "complex128",
-    "csingle",
-    "cdouble",
-    "clongdouble",
-    "str_",
-    "bytes_",
-    "object_",
-    "void",
-    "datetime64",
-    "timedelta64",
-    "number",
-    "integer",
-    "floating",
-    "generic",
-):
-    _ALLOWED[f"numpy.{_name}"] = "numpy scalar type"
-# Element-wise numpy ufuncs (FunctionTransformer / TransformedTargetRegressor
-# ``func=np.log1p`` and friends). They compute on arrays and nothing else.
-for _name in (
-    "log",
-    "log1p",
-    "log2",
-    "log10",
-    "exp",
-    "expm1",
-    "exp2",
-    "sqrt",
-    "cbrt",
-    "square",
-    "absolute",
-    "fabs",
-    "sign",
-    "negative",
-    "positive",
-    "reciprocal",
-    "sin",
-    "cos",
-    "tan",
-    "arcsin",
-    "arccos",
-    "arctan",
-    "sinh",
-    "cosh",
-    "tanh",
-    "arcsinh",
-    "arccosh",
-    "arctanh",
-    "floor",
-    "ceil",
-    "rint",
-    "trunc",
-    "deg2rad",
-    "rad2deg",
-):
-    _ALLOWED[f"numpy.{_name}"] = "element-wise numpy math function"
-# scikit-learn functions that legitimately appear inside fitted models.
-for _module in (
-    "sklearn.neighbors._kd_tree",
-    "sklearn.neighbors._ball_tree",
-    "sklearn.neighbors._binary_tree",
-    "sklearn.neighbors.kd_tree",
-    "sklearn.neighbors.ball_tree",
-    "sklearn.metrics._dist_metrics",
-    "sklearn.neighbors._dist_metrics",
-    "sklearn.neighbors.dist_metrics",
-):
-    _ALLOWED[f"{_module}.newObj"] = "tree/distance-metric unpickling helper: cls.__new__(cls)"
-_ALLOWED["sklearn.compose._column_transformer.make_column_selector"] = (
-    "column selector class (lower-case name)"
-)
-_ALLOWED["sklearn.utils._encode._nandict"] = "dict subclass (lower-case name)"
-for _module, _names in (
-    (
-        "sklearn.feature_selection._univariate_selection",
-        ("f_classif", "chi2", "f_regression", "r_regression", "f_oneway"),
-    ),
-    ("sklearn.feature_selection._mutual_info", ("mutual_info_classif", "mutual_info_regression")),
-):
-    for _name in _names:
-        _ALLOWED[f"{_module}.{_name}"] = "feature-selection score function"
-
-_CODE = "executes arbitrary Python code"
-_IMPORT = "imports arbitrary modules"
-_ATTR = "arbitrary attribute access: reaches any function (e.g. os.system) from an allowed object"
-
-_DENIED_EXACT: dict[str, str] = {
-    "builtins.eval": _CODE,
-    "builtins.exec": _CODE,
-    "builtins.compile": "compiles code objects (" + _CODE + ")",
-    "builtins.__import__": _IMPORT,
-    "builtins.getattr": _ATTR,
-    "builtins.setattr": "sets arbitrary attributes (monkey-patches modules and classes)",
-    "builtins.delattr": "deletes arbitrary attributes",
-    "builtins.open": "opens, reads and overwrites files",
-    "builtins.globals": "exposes interpreter globals",
-    "builtins.locals": "exposes interpreter locals",
-    "builtins.vars": "exposes object namespaces",
-    "builtins.breakpoint": "starts a debugger",
-    "builtins.input": "reads from the console",
-    "builtins.type": "creates classes dynamically",
-    "builtins.memoryview": "raw buffer access",
-    "builtins.help": "starts the interactive help system (imports modules)",
-    "functools.partial": "wraps any callable with preset arguments, used to smuggle calls",
-    "functools.reduce": "calls any callable repeatedly",
-    "operator.attrgetter": _ATTR,
-    "operator.methodcaller": "calls any method by name on any object",
-    "operator.itemgetter": "item lookup gadget",
-    "codecs.decode": "decodes attacker data (e.g. base64/rot13 payloads for eval)",
-    "_codecs.decode": "decodes attacker data (e.g. base64/rot13 payloads for eval)",
-    "numpy.core._ufunc_reconstruct": _IMPORT + " and returns any attribute",
-    "numpy._core._ufunc_reconstruct": _IMPORT + " and returns any attribute",
-    "numpy.load": "loads files, including pickles (allow_pickle)",
-    "numpy.save": "writes files",
-    "numpy.savez": "writes files",
-    "numpy.fromfile": "reads files",
-    "numpy.memmap": "maps files into memory",
-    "numpy.loadtxt": "reads files",
-    "numpy.genfromtxt": "reads files",
-    "numpy.savetxt": "writes files",
-    "numpy.frompyfunc": "wraps any callable",
-    "numpy.vectorize": "wraps any callable",
-    "joblib.load": "nested deserialisation that bypasses this scan",
-    "joblib.numpy_pickle.load": "nested deserialisation that bypasses this scan",
-    "joblib.numpy_pickle_compat.NDArrayWrapper": (
-        "legacy joblib (< 0.10) array stored in a companion file: a single upload cannot "
-        "carry it, and the loader opens the path named in the pickle with "
-        "np.load(allow_pickle=True)"
-    ),
-    "joblib.numpy_pickle.NDArrayWrapper": (
-        "legacy joblib (< 0.10) array stored in a companion file: a single upload cannot "
-        "carry it, and the loader opens the path named in the pickle with "
-        "np.load(allow_pickle=True)"
-    ),
-    "joblib.numpy_pickle.ZNDArrayWrapper": (
-        "legacy joblib (< 0.10) compressed array stored in a companion file "
-        "(the loader opens a path named in the pickle)"
-    ),
-}
-
-_DENIED_MODULES: tuple[tuple[str, str], ...] = (
-    ("os", "operating-system access: runs shell commands, reads/writes/deletes files"),
-    ("posix", "operating-system access: runs shell commands, reads/writes/deletes files"),
-    ("nt", "operating-system access: runs shell commands, reads/writes/deletes files"),
-    ("posixpath", "file-system path functions"),
-    ("ntpath", "file-system path functions"),
-    ("subprocess", "starts arbitrary processes"),
-    ("pty", "spawns processes"),
-    ("commands", "runs shell commands"),
-    ("runpy", "runs arbitrary Python code and modules"),
-    ("code", _CODE),
-    ("codeop", "compiles code"),
-    ("shutil", "copies, moves and deletes files and directory trees"),
-    ("tempfile", "creates files"),
-    ("pathlib", "reads and writes files"),
-    ("io", "opens files"),
-    ("_io", "opens files"),
-    ("glob", "lists the file system"),
-    ("webbrowser", "opens URLs and launches programs"),
-    ("importlib", _IMPORT),
-    ("pkgutil", _IMPORT),
-    ("imp", _IMPORT),
-    ("zipimport", _IMPORT),
-    (
-        "codecs",
-        "codec functions decode attacker data for eval-style tricks "
-        "(only _codecs.encode is allowed)",
-    ),
-    (
-        "_codecs",
-        "codec functions decode attacker data for eval-style tricks "
-        "(only _codecs.encode is allowed)",
-    ),
-    ("pickle", "nested deserialisation that bypasses this scan"),
-    ("_pickle", "nested deserialisation that bypasses this scan"),
-    ("cPickle", "nested deserialisation that bypasses this scan"),
-    ("copy_reg", "extension registry manipulation"),
-    ("copyreg", "extension registry manipulation"),
-    ("shelve", "nested deserialisation that bypasses this scan"),
-    ("dill", "nested deserialisation and code objects"),
-    ("cloudpickle", "nested deserialisation and code objects"),
-    ("marshal", "loads code objects"),
-    ("types", "constructs code objects, functions and modules"),
-    ("inspect", "introspection that reaches any object"),
-    ("functools", "higher-order helpers that call or wrap arbitrary callables"),
-    ("operator", "attribute/item/method lookup gadgets"),
-    ("socket", "network access"),
-    ("ssl", "network access"),
-    ("urllib", "network access"),
-    ("http", "network access"),
-    ("ftplib", "network access"),
-    ("smtplib", "network access"),
-    ("telnetlib", "network access"),
-    ("requests", "network access"),
-    ("httpx", "network access"),
-    ("asyncio", "runs subprocesses and network I/O"),
-    ("multiprocessing", "starts processes"),
-    ("threading", "starts threads"),
-    ("signal", "installs signal handlers"),
-    ("sys", "interpreter internals (module table, exit, tracing hooks)"),
-    ("ctypes", "raw memory access and native function calls"),
-    ("_ctypes", "raw memory access and native function calls"),
-    ("platform", "runs commands (platform.popen)"),
-    ("pdb", "starts a debugger"),
-    ("bdb", "debugger internals"),
-    ("timeit", _CODE),
-    ("trace", _CODE),
-    ("cProfile", _CODE),
-    ("profile", _CODE),
-    ("builtins", "built-in function that is not a plain data type"),
-    ("__builtin__", "built-in function that is not a plain data type"),
-    ("numpy.testing", "test helpers (run processes, write files)"),
-    ("numpy.f2py", "compiles and imports native code"),
-    ("numpy.distutils", "builds and runs compilers"),
-    ("numpy.ctypeslib", "loads native libraries"),
-    ("numpy.lib.npyio", "reads and writes files"),
-    ("numpy.lib.format", "reads and writes files (including pickled arrays)"),
-    (
-        "joblib",
-        "joblib machinery other than the inline array wrapper "
-        "(Memory writes to disk, Parallel runs callables)",
-    ),
-)
-
-# Non-scikit-learn classes that scikit-learn modules import under their own
-# name (found by listing every module of sklearn 1.3-1.9): the pickle can reach
-# them as e.g. ``sklearn.callback._transport.Client`` although they are
-# multiprocessing, pathlib, io, tempfile, joblib... objects.
-_SKLEARN_FOREIGN_NAMES = frozenset(
-    {
-        "Client", "Listener", "Connection", "Thread", "Timer", "Process", "Pool", "Queue",
-        "SimpleQueue", "JoinableQueue", "Manager", "Popen", "Path", "PosixPath",
-        "WindowsPath", "PurePath", "PurePosixPath", "PureWindowsPath", "StringIO", "BytesIO",
-        "FileIO", "TextIOWrapper", "NamedTemporaryFile", "TemporaryFile",
-        "TemporaryDirectory", "SpooledTemporaryFile", "MethodType", "FunctionType",
-        "CodeType", "ModuleType", "Memory", "Parallel", "ThreadpoolController", "Request",
-        "GzipFile", "BZ2File", "LZMAFile", "ZipFile", "TarFile", "Pickler", "Unpickler",
-        "Template", "ThreadPoolExecutor", "ProcessPoolExecutor", "Logger", "FileHandler",
-    }
-)  # fmt: skip
-# Module-level constants (TREE_LEAF, SIMPLE_METHODS, _SCORERS...): not classes,
-# and the mutable ones are shared process-wide state.
-_CONSTANT_NAME = re.compile(r"_*[A-Z][A-Z0-9]*(_[A-Z0-9]*)+\Z|_+[A-Z][A-Z0-9]*\Z")
-
-_SKLEARN_DENIED_MODULES: tuple[tuple[str, str], ...] = (
-    ("sklearn.callback._transport", "inter-process transport (multiprocessing connections)"),
-    ("sklearn.utils._repr_html", "HTML rendering helpers (files, templates)"),
-    ("sklearn.utils._estimator_html_repr", "HTML rendering helpers (files, templates)"),
-    ("sklearn.datasets", "dataset loaders download from the network and write files"),
-    ("sklearn.utils._testing", "test helpers (run scripts, create files)"),
-    ("sklearn.utils.estimator_checks", "test helpers"),
-    ("sklearn.utils._mocking", "test helpers"),
-    ("sklearn.utils.testing", "test helpers"),
-    ("sklearn.externals", "vendored third-party code (imports modules by name)"),
-    ("sklearn.utils._joblib", "re-exports joblib (Memory writes to disk, Parallel runs callables)"),
-    ("sklearn.utils.parallel", "runs callables in worker processes"),
-    ("sklearn.utils.fixes", "compatibility shims"),
-    ("sklearn._config", "changes process-wide configuration"),
-    ("sklearn.utils._show_versions", "introspects the environment"),
-    ("sklearn.utils.discovery", "imports every scikit-learn module"),
-    ("sklearn.__check_build", "build helpers"),
-    ("sklearn._build_utils", "build helpers"),
-    ("sklearn.conftest", "test configuration"),
-    ("sklearn.experimental", "import-time side effects"),
-    ("sklearn.utils._response", "calls estimator methods named by a string (getattr gadget)"),
-    ("sklearn.utils._available_if", "descriptors that call attributes by name"),
-    ("sklearn.utils.metaestimators", "descriptors that call attributes by name"),
-    ("sklearn.utils._array_api", "imports array libraries by name"),
-    ("sklearn.utils._optional_dependencies", "imports modules by name"),
-    ("sklearn.utils.deprecation", "decorators that wrap callables"),
-    ("sklearn.utils._user_interface", "timing/printing helpers that wrap callables"),
-)
-
-
-def _module_matches(module: str, prefix: str) -> bool:
-    return module == prefix or module.startswith(prefix + ".")
-
-
-def _check_sklearn(module: str, name: str) -> str | None:
-    """Allow scikit-learn classes, refuse its functions and risky modules.
-
-    Classes are safe to reconstruct: estimators only store their parameters
-    (callable parameters are themselves globals, checked separately). Module
-    level *functions* are different: a pickle can call any of them with any
-    arguments, and some reach getattr, imports, files or the network.
-    """
-    for prefix, reason in _SKLEARN_DENIED_MODULES:
-        if _module_matches(module, prefix):
-            return f"scikit-learn module {prefix}: {reason}"
-    if any(part == "tests" or part.startswith("test") for part in module.split(".")):
-        return "scikit-learn test code"
-    if name in _SKLEARN_FOREIGN_NAMES:
-        return (
-            f"{name} is a non-scikit-learn class (file, process, network or I/O object) "
-            "that scikit-learn modules import; it is not part of any model"
-        )
-    if _CONSTANT_NAME.match(name):
-        return "scikit-learn module constant, not a class"
-    if _CLASS_NAME.match(name) or _CYTHON_UNPICKLE.match(name):
-        return None
-    if module.startswith("sklearn.metrics") and _SKLEARN_METRIC.match(name):
-        return None
-    return (
-        "scikit-learn function, not a class: a pickle can call it with any arguments "
-        "(only estimator classes and a few pure helpers such as metric functions are allowed)"
-    )
-
-
-def check_global(module: str, name: str) -> str | None:
-    """Return why importing ``module.name`` from a model is refused, or None if allowed.
-
-    The allowlist covers what scikit-learn models are made of: scikit-learn
-    classes, numpy array/dtype/scalar/random-state reconstruction helpers,
-    scipy sparse matrices, joblib's inline array wrapper and a few plain
-    built-in types. Everything else is refused; well-known dangerous globals
-    get a specific reason. Loaders can reuse this in a restricted
-    ``Unpickler.find_class`` as a second line of defence.
-    """
-    if not isinstance(module, str) or not isinstance(name, str):
-        return "module/name are not strings"
-    parts = module.split(".")
-    if not all(_IDENTIFIER.match(part) for part in parts):
-        return "module name is not a valid dotted Python identifier"
-    if "." in name:
-        return (
-            "dotted attribute path in the name: pickle protocol 4+ follows it attribute "
-            "by attribute and reaches anything the module imported (e.g. sklearn.base.os)"
-        )
-    if not _IDENTIFIER.match(name):
-        return "name is not a valid Python identifier"
-    full = f"{module}.{name}"
-    denied = _DENIED_EXACT.get(full)
-    if denied is not None:
-        return denied
-    if full in _ALLOWED:
-        return None
-    for prefix, reason in _DENIED_MODULES:
-        if _module_matches(module, prefix):
-            return reason
-    top = parts[0]
-    if top == "sklearn":
-        return _check_sklearn(module, name)
-    if top == "scipy":
-        if module in _SCIPY_SPARSE_MODULES and _SCIPY_SPARSE_NAME.match(name):
-            return None
-        return "scipy object other than a sparse matrix/array class"
-    if top == "numpy":
-        if module.startswith("numpy.random.") and _CYTHON_UNPICKLE.match(name):
-            return None
-        return (
-            "numpy function not on the allowlist (only array/dtype/scalar reconstruction "
-            "helpers, scalar types and element-wise math functions are allowed)"
-        )
-    return (
-        f"module {module!r} is not on the allowlist (a model may only reference "
-        "scikit-learn, numpy, scipy.sparse and joblib array classes)"
-    )
-
-
-# --------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------
 
@@ -623,6 +149,9 @@ class ScanReport:
     * ``estimator_class`` -- class of the top-level object, e.g.
       ``sklearn.pipeline.Pipeline``; None for plain containers such as a dict.
     * ``opcodes`` / ``decompressed_bytes`` -- work done, for diagnostics.
+    * ``called`` -- every global the stream calls (REDUCE, NEWOBJ, OBJ, INST);
+      ``state_keys`` -- per class, the keys its BUILD states set. The pipeline checks
+      both against the environment's exact allowlist (:func:`policy.check_scanned`).
     * ``skops_untrusted_types`` -- what ``skops.io.get_untrusted_types``
       listed; when ``ok`` these were all allowlisted and can be passed as
       ``trusted=`` to ``skops.io.load``.
@@ -641,6 +170,8 @@ class ScanReport:
     opcodes: int = 0
     decompressed_bytes: int | None = None
     skops_untrusted_types: list[str] = field(default_factory=list)
+    called: list[str] = field(default_factory=list)
+    state_keys: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def problems(self) -> list[str]:
@@ -1022,17 +553,6 @@ class _Obj:
 
 
 _CONTAINERS = (_Tuple, _List, _Dict, _Set, _Obj)
-#: Callables whose first argument is the class of the object they return.
-_FIRST_ARG_IS_CLASS = frozenset(
-    {
-        "copyreg._reconstructor",
-        "copyreg.__newobj__",
-        "numpy.core.multiarray._reconstruct",
-        "numpy._core.multiarray._reconstruct",
-        "numpy.ma.core._mareconstruct",
-    }
-    | {name for name in _ALLOWED if name.endswith(".newObj")}
-)
 _DTYPE_STR = re.compile(r"[<>|=]?([biufcOSUVMm])([0-9]+)")
 _WRAPPER_INIT_PARAMS = (
     "subclass",
@@ -1133,6 +653,8 @@ class _ScanState:
         self.globals_found: set[str] = set()
         self.offences: dict[tuple[str, str], Offence] = {}
         self.versions: list[str] = []
+        self.called: set[str] = set()
+        self.state_keys: dict[str, set[str]] = {}
         self.saw_wrapper = False
         self._globals: dict[tuple[str, str], _Global] = {}
 
@@ -1262,7 +784,7 @@ class _StreamWalker:
                 module, name = _compat_pickle.NAME_MAPPING[(module, name)]
             elif module in _compat_pickle.IMPORT_MAPPING:
                 module = _compat_pickle.IMPORT_MAPPING[module]
-        return self.scan.resolve_global(module, name, self.op_start)
+        return self.scan.resolve_global(canonical_module(module), name, self.op_start)
 
     def read_str(self, size: int) -> Any:
         if size > MAX_KEPT_STRING:
@@ -1303,11 +825,21 @@ class _StreamWalker:
         if glob is None:
             return _Obj(None, func, args)
         cls = glob.full
+        self.scan.called.add(cls)
         items = args.items if isinstance(args, (_Tuple, _List)) else ()
-        if cls in _FIRST_ARG_IS_CLASS:
+        if cls in CLASS_FIRST_ARG:
             # These helpers create the instance without calling cls.__init__.
             cls = items[0].full if items and isinstance(items[0], _Global) else None
             init = False
+            if cls is None:
+                self.offend(
+                    opcode,
+                    f"{glob.full} is given {_describe(items[0]) if items else 'nothing'} as "
+                    "its class, not a literal allowed global (a class made while loading "
+                    "could be anything)",
+                )
+            else:
+                self.scan.called.add(cls)
         obj = _Obj(cls, func, args)
         if cls == NUMPY_ARRAY_WRAPPER:
             attrs: dict[str, Any] = {}
@@ -1670,14 +1202,40 @@ class _StreamWalker:
                 "function or container)",
             )
             return
+        if inst.cls is None:
+            self.offend(
+                "BUILD",
+                "sets the state of an object whose class cannot be named as a literal "
+                "allowed global (it was made by calling something built while loading)",
+            )
+        if inst.state is not None or inst.extra:
+            self.offend(
+                "BUILD",
+                f"a second BUILD on the same {inst.cls or 'object'} (the loader would apply "
+                "a state this scan already read differently)",
+            )
+        if not (state is None or isinstance(state, (_Dict, _Tuple, _List))):
+            self.offend(
+                "BUILD",
+                f"the state of {inst.cls or 'an object'} is {_describe(state)}, not a literal",
+            )
         dict_state, slot_state = state, None
         if isinstance(state, _Tuple) and len(state.items) == 2:
             dict_state, slot_state = state.items
         for part in (dict_state, slot_state):
             if isinstance(part, _Dict):
+                keys = self.scan.state_keys.setdefault(inst.cls or "?", set())
                 for key, _value in part.items:
-                    if type(key) is str and key.startswith("__") and key.endswith("__"):
+                    if type(key) is not str:
+                        self.offend(
+                            "BUILD",
+                            f"a state key of {inst.cls or 'an object'} is {_describe(key)}, "
+                            "not a plain str (a str subclass can hide the name it sets)",
+                        )
+                    elif key.startswith("__") and key.endswith("__"):
                         self.offend("BUILD", f"state sets the special attribute {key!r}")
+                    else:
+                        keys.add(key)
         if isinstance(dict_state, _Dict):
             version = dict_state.get("_sklearn_version")
             if type(version) is str:
@@ -1686,6 +1244,10 @@ class _StreamWalker:
             inst.state = state
         else:
             inst.extra.append(state)
+        if isinstance(inst.func, _Global) and inst.func.full == "numpy.dtype":
+            # Every dtype, not only an array wrapper's: a dtype whose flags say it holds
+            # objects makes numpy read plain bytes as object pointers.
+            self.dtype_layout(inst, f"numpy.dtype at offset {self.op_start:,}")
         if inst.cls == NUMPY_ARRAY_WRAPPER:
             self.update_wrapper(inst, dict_state, slot_state)
             if self.joblib_arrays:
@@ -1749,6 +1311,12 @@ class _StreamWalker:
                 )
             self.frame_end = None
         attrs = wrapper.attrs or {}
+        problem = check_wrapper_fields(attrs.keys())
+        if problem:
+            raise _Malformed(f"malformed: {where}: {problem}")
+        subclass = attrs.get("subclass")
+        if not (isinstance(subclass, _Global) and subclass.full in ARRAY_CLASSES):
+            raise _Malformed(f"malformed: {where} wraps {_describe(subclass)}, not a numpy array")
         shape = attrs.get("shape")
         if not isinstance(shape, _Tuple) or not all(
             type(dim) is int and dim >= 0 for dim in shape.items
@@ -1814,7 +1382,12 @@ class _StreamWalker:
         if elsize > 0 and elsize != expected:
             raise _Malformed(f"malformed: {where} has inconsistent dtype sizes")
         itemsize = elsize if elsize > 0 else expected
-        has_object = kind == "O" or fields_obj or subarray
+        if fields_obj or subarray:
+            raise _Malformed(
+                f"malformed: {where} is a structured dtype holding Python objects (never "
+                "part of a scikit-learn model, and a way to make numpy read bytes as pointers)"
+            )
+        has_object = kind == "O"
         if flags is not None and bool(flags & 1) != has_object:
             raise _Malformed(
                 f"malformed: {where} dtype flags disagree with its fields about holding objects"
@@ -1951,6 +1524,8 @@ def _scan_pickle(
                 )
     report.opcodes = scan.opcodes
     report.globals_found = sorted(scan.globals_found)
+    report.called = sorted(scan.called)
+    report.state_keys = {cls: sorted(keys) for cls, keys in sorted(scan.state_keys.items())}
     report.offending = list(scan.offences.values())
     if info.compression is not None or scan.saw_wrapper:
         report.format = FORMAT_JOBLIB
