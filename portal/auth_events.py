@@ -1,5 +1,7 @@
-"""Audit rows for login, logout and failed login (Django only offers signals for these)."""
+"""Audit rows for login, logout, failed login and lockout (only signals announce these)."""
 
+from axes.signals import user_locked_out
+from django.conf import settings
 from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
 from django.dispatch import receiver
 
@@ -47,4 +49,21 @@ def _login_failed(sender, credentials, request=None, **kwargs):
         target_type="user",
         target_name=username,
         outcome=AuditEvent.Outcome.FAILURE,
+    )
+
+
+@receiver(user_locked_out)
+def _locked_out(sender, request, username, ip_address, **kwargs):
+    audit_record(
+        actor=Actor(
+            id=None,
+            name=str(username or "anonymous")[:150],
+            client_ip=ip_address or None,
+            request_id=getattr(request, "request_id", ""),
+        ),
+        action="auth.locked_out",
+        target_type="user",
+        target_name=str(username or "")[:150],
+        outcome=AuditEvent.Outcome.DENIED,
+        details={"failure_limit": settings.AXES_FAILURE_LIMIT},
     )

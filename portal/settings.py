@@ -9,6 +9,7 @@ refuses to start without a secret key and allowed hosts.
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -59,6 +60,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI served from our static files, not a CDN
+    "axes",  # failed-login throttling (see Auth below)
     "portal",
     "models_app",
     "deployments_app",
@@ -74,6 +76,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: turns a lockout into a 429 answer
 ]
 
 ROOT_URLCONF = "portal.urls"
@@ -218,18 +221,19 @@ PORTAL_MAX_WORK_ATTEMPTS = env.int("PORTAL_MAX_WORK_ATTEMPTS", default=3)
 PORTAL_PREDICT_CONNECT_TIMEOUT = env.float("PORTAL_PREDICT_CONNECT_TIMEOUT", default=1.0)
 PORTAL_PREDICT_READ_TIMEOUT = env.float("PORTAL_PREDICT_READ_TIMEOUT", default=30.0)
 PORTAL_PREDICT_MAX_BODY_BYTES = env.int("PORTAL_PREDICT_MAX_BODY_BYTES", default=5 * 1024 * 1024)
-# Threads per web process for Django's pages and API (the prediction lane needs none).
-PORTAL_WEB_THREADS = env.int("PORTAL_WEB_THREADS", default=8)
-PORTAL_METRICS_ALLOW = env.list("PORTAL_METRICS_ALLOW", default=["127.0.0.1", "::1"])
 # Every JSON a request brings (API bodies, form fields; prediction bodies up to the limit
 # above) is refused with a 400 past these (portal.jsonlimits).
 PORTAL_JSON_MAX_BYTES = env.int("PORTAL_JSON_MAX_BYTES", default=1024 * 1024)
 PORTAL_JSON_MAX_DEPTH = env.int("PORTAL_JSON_MAX_DEPTH", default=32)
+# Invalid API keys per address per minute; past it the address gets 429 for the minute.
+PORTAL_INVALID_KEY_LIMIT = env.int("PORTAL_INVALID_KEY_LIMIT", default=30)
+# The highest per-minute rate limit a non-admin may give a key (admins may go beyond).
+PORTAL_MAX_KEY_RATE_LIMIT = env.int("PORTAL_MAX_KEY_RATE_LIMIT", default=6000)
+# Threads per web process for Django's pages and API (the prediction lane needs none).
+PORTAL_WEB_THREADS = env.int("PORTAL_WEB_THREADS", default=8)
+PORTAL_METRICS_ALLOW = env.list("PORTAL_METRICS_ALLOW", default=["127.0.0.1", "::1"])
 PORTAL_SANDBOX_TIMEOUT = env.int("PORTAL_SANDBOX_TIMEOUT", default=120)
 PORTAL_SANDBOX_MEMORY_MB = env.int("PORTAL_SANDBOX_MEMORY_MB", default=2048)
-
-# --- Auth ----------------------------------------------------------------------------------
-AUTH_PASSWORD_VALIDATORS = [
 # Validation fails, naming why, on a host whose sandbox isolates less than this
 # (none < userns < namespaces, as models_app.validation.sandbox.isolation() reports).
 PORTAL_SANDBOX_MIN_ISOLATION = env.str("PORTAL_SANDBOX_MIN_ISOLATION", default="namespaces")
@@ -238,11 +242,26 @@ if PORTAL_SANDBOX_MIN_ISOLATION not in ("none", "userns", "namespaces"):
         f"PORTAL_SANDBOX_MIN_ISOLATION={PORTAL_SANDBOX_MIN_ISOLATION!r}: "
         "use none, userns or namespaces"
     )
+
+# --- Auth ----------------------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Failed logins (login page, admin, API basic auth) lock out the account and, separately, the
+# address for a while: guessing passwords costs PORTAL_LOGIN_FAILURE_LIMIT tries per cooloff.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env.int("PORTAL_LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(seconds=env.int("PORTAL_LOGIN_COOLOFF_SECONDS", default=900))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # each on its own: account, address
+AXES_CLIENT_IP_CALLABLE = "portal.audit.client_ip"  # the address every other record uses
+AXES_RESET_ON_SUCCESS = False  # a login of one's own must not reset an address's failures
+AXES_HTTP_RESPONSE_CODE = 429
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
@@ -290,21 +309,21 @@ SILENCED_SYSTEM_CHECKS = (
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",
-        "rest_framework.authentication.BasicAuthentication",
+        "portal.authentication.LockoutBasicAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "portal.api.exception_handler",
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"]
-    + (["rest_framework.renderers.BrowsableAPIRenderer"] if DEBUG else []),
-}
     "DEFAULT_PARSER_CLASSES": [
         "portal.api.BoundedJSONParser",
         "rest_framework.parsers.FormParser",
         "rest_framework.parsers.MultiPartParser",
     ],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"]
+    + (["rest_framework.renderers.BrowsableAPIRenderer"] if DEBUG else []),
+}
 SPECTACULAR_SETTINGS = {
     "TITLE": "Model Portal API",
     "DESCRIPTION": "Upload, validate, deploy and call scikit-learn models.",
@@ -337,6 +356,7 @@ LOGGING = {
         "httpx": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},
         "urllib3": {"level": "WARNING"},
+        "axes.apps": {"level": "WARNING"},  # its version banner on every command
     },
 }
 

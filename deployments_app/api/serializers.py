@@ -121,4 +121,7 @@ class ApiKeyCreateSerializer(serializers.Serializer):
     deployments = serializers.ListField(child=serializers.CharField(), required=False, default=list)
     model = serializers.CharField(required=False, allow_blank=True, default="")
     expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
-    rate_limit_per_minute = serializers.IntegerField(min_value=1, max_value=1_000_000, default=6000)
+    # Omitted: the default within PORTAL_MAX_KEY_RATE_LIMIT (only admins may exceed the cap).
+    rate_limit_per_minute = serializers.IntegerField(
+        min_value=1, max_value=1_000_000, required=False, allow_null=True, default=None
+    )

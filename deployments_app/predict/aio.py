@@ -346,9 +346,12 @@ async def _call(view, request: _Request, name: str, headers: dict[str, str], bod
     try:
         try:
             raw = views.raw_key(headers.get("authorization", ""), headers.get("x-api-key", ""))
+            views.address_verdict(call)  # type: ignore[arg-type]
             info = keys.key_check_local(raw)
             if info is keys.MISS:
                 info = await _in_thread(keys.key_check, raw)
+            if info is None:
+                await _in_thread(views.bad_key, call)
             key = views.key_verdict(info, call)  # type: ignore[arg-type]
             target = proxy.get_target_local(name)
             if target is proxy.MISS:
@@ -369,8 +372,11 @@ async def _call(view, request: _Request, name: str, headers: dict[str, str], bod
                 raise views.CallError(exc.status, {"error": exc.message}) from exc
             call.replica, call.upstream_ms = result.replica, result.upstream_ms
         except views.CallError as exc:
-            await state.log.write(call.row(exc.status, exc.body.get("error", "")))
-            call.observed(exc.status)
+            if exc.logged:
+                await state.log.write(call.row(exc.status, exc.body.get("error", "")))
+                call.observed(exc.status)
+            else:
+                call.refused(exc)  # a count only, no I/O
             return views._answer(call, exc.status, exc.body, exc.headers)
         response = view.render(call, target, result.body, parsed)
         await state.log.write(call.row(200))  # committed before the answer leaves

@@ -28,6 +28,7 @@ from portal.errors import ApplicationError, NotFoundError, PermissionDeniedError
 from portal.roles import user_can
 
 CACHE_SECONDS = 60
+DEFAULT_RATE_LIMIT = 6000  # calls per minute, when the creator names none
 LAST_USED_EVERY = 60  # seconds between last_used_at writes per key
 
 
@@ -65,11 +66,23 @@ def api_key_create(
     deployment_names: list[str],
     model_name: str = "",
     expires_at: datetime | None = None,
-    rate_limit_per_minute: int = 6000,
+    rate_limit_per_minute: int | None = None,
 ) -> tuple[ApiKey, str]:
-    """Create a key for some deployments or for all of a model's; returns (row, raw key)."""
+    """Create a key for some deployments or for all of a model's; returns (row, raw key).
+
+    The rate limit defaults to DEFAULT_RATE_LIMIT within PORTAL_MAX_KEY_RATE_LIMIT; only an
+    admin may give a key more than that cap."""
     if not user_can(user, "predict"):
         raise PermissionDeniedError("your role may not call predictions, so it may not hold keys")
+    cap = settings.PORTAL_MAX_KEY_RATE_LIMIT
+    rate = min(DEFAULT_RATE_LIMIT, cap) if rate_limit_per_minute is None else rate_limit_per_minute
+    if rate < 1:
+        raise ApplicationError("the rate limit must be at least 1 call per minute")
+    if rate > cap and not user_can(user, "admin"):
+        raise PermissionDeniedError(
+            f"a key may allow at most {cap} calls per minute (PORTAL_MAX_KEY_RATE_LIMIT); "
+            "only an admin may go beyond it"
+        )
     if not deployment_names and not model_name:
         raise ApplicationError("a key needs at least one deployment or a model")
     if expires_at is not None and expires_at <= timezone.now():
@@ -93,7 +106,7 @@ def api_key_create(
             user=user,
             model=model,
             expires_at=expires_at,
-            rate_limit_per_minute=rate_limit_per_minute,
+            rate_limit_per_minute=rate,
         )
         key.deployments.set(deployments)
         audit_record(
@@ -105,6 +118,8 @@ def api_key_create(
                 "deployments": sorted(d.name for d in deployments),
                 "model": model_name or None,
                 "expires_at": expires_at.isoformat() if expires_at else None,
+                "rate_limit_per_minute": rate,
+                "above_cap": rate > cap,
             },
         )
     return key, raw
@@ -319,6 +334,47 @@ def forget_leases() -> None:
     with _lease_lock:
         _leases.clear()
         _exhausted.clear()
+
+
+# --------------------------------------------------------------------------- invalid keys
+# An address that sent more than PORTAL_INVALID_KEY_LIMIT invalid keys in a minute gets 429
+# until the minute ends, without its keys being checked. The count is shared (Redis); the
+# refusal is remembered per process, so a valid call costs no extra round trip.
+_blocked: dict[str, float] = {}  # address -> time.monotonic() until which it is refused
+
+
+def address_blocked(address: str | None) -> int:
+    """Seconds `address` must still wait after too many invalid keys; 0 when it may call."""
+    until = _blocked.get(address or "")
+    if until is None:
+        return 0
+    left = until - time.monotonic()
+    if left <= 0:
+        _blocked.pop(address or "", None)
+        return 0
+    return int(left) + 1
+
+
+def bad_key_note(address: str | None) -> int:
+    """Count one invalid-key call from `address` in this minute: the seconds to wait once the
+    address is over the limit, else 0."""
+    now = int(time.time())
+    counter = f"portal:{settings.PORTAL_INSTANCE}:badkey:{address or '-'}:{now // 60}"
+    client = _redis()
+    if client is None:
+        count = _count_in_cache(counter)
+    else:
+        pipe = client.pipeline(transaction=False)
+        pipe.incr(counter)
+        pipe.expire(counter, 70)
+        count = pipe.execute()[0]
+    if count <= settings.PORTAL_INVALID_KEY_LIMIT:
+        return 0
+    wait = 60 - now % 60 or 1
+    if len(_blocked) > 10_000:  # a flood from many addresses: forget the old ones
+        _blocked.clear()
+    _blocked[address or ""] = time.monotonic() + wait
+    return wait
 
 
 def _count_in_cache(counter: str) -> int:

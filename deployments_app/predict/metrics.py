@@ -26,6 +26,14 @@ LATENCY = Histogram(
 )
 
 
+# Invalid-key calls are counted here, not logged one row each: their names are the caller's.
+INVALID_KEYS = Counter(
+    "portal_prediction_invalid_keys_total",
+    "Prediction calls refused for an invalid API key (401) or too many of them (429)",
+    ["status"],
+)
+
+
 def observe(deployment: str, version: int | None, status: int, seconds: float) -> None:
     labels = (deployment, str(version or ""), str(status))
     REQUESTS.labels(*labels).inc()

@@ -35,9 +35,20 @@ RUNNING_STATES = (Deployment.State.RUNNING, Deployment.State.DEGRADED)
 
 
 class CallError(Exception):
-    def __init__(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None):
+    """A refused call. `logged=False`: counted in a metric instead of a log row (invalid keys:
+    one row per guess, named by the guesser, would let anyone fill the log)."""
+
+    def __init__(
+        self,
+        status: int,
+        body: dict[str, Any],
+        headers: dict[str, str] | None = None,
+        *,
+        logged: bool = True,
+    ):
         super().__init__(body.get("error", ""))
         self.status, self.body, self.headers = status, body, headers or {}
+        self.logged = logged
 
 
 class Call:
@@ -97,6 +108,13 @@ class Call:
         logwriter.write(self.row(status, error))
         self.observed(status)
 
+    def refused(self, exc: CallError) -> None:
+        """Record a refusal: its log row, or for an unlogged one only the count."""
+        if exc.logged:
+            self.log(exc.status, exc.body.get("error", ""))
+        else:
+            metrics.INVALID_KEYS.labels(str(exc.status)).inc()
+
 
 def raw_key(authorization: str, x_api_key: str) -> str:
     """The API key of a call: `Authorization: Bearer <key>` or `X-API-Key: <key>`."""
@@ -113,11 +131,44 @@ def key_verdict(info: keys.KeyInfo | None, call: Call) -> keys.KeyInfo:
     return info
 
 
+def address_verdict(call: Call) -> None:
+    """429 at once, unchecked, for an address over its invalid-key limit this minute."""
+    wait = keys.address_blocked(client_ip(call.request))
+    if wait:
+        raise _too_many_bad_keys(wait)
+
+
+def bad_key(call: Call) -> None:
+    """Refuse an invalid key, unlogged: 401, or 429 once its address is over the limit."""
+    wait = keys.bad_key_note(client_ip(call.request))
+    if wait:
+        raise _too_many_bad_keys(wait)
+    raise CallError(
+        401,
+        {"error": "invalid, expired or revoked API key"},
+        {"WWW-Authenticate": "Bearer"},
+        logged=False,
+    )
+
+
+def _too_many_bad_keys(wait: int) -> CallError:
+    return CallError(
+        429,
+        {"error": "too many calls with invalid API keys from this address"},
+        {"Retry-After": str(wait)},
+        logged=False,
+    )
+
+
 def _authenticate(request: HttpRequest, call: Call) -> keys.KeyInfo | None:
     """An API key (Authorization: Bearer / X-API-Key) or a logged-in user who may predict."""
     raw = raw_key(request.headers.get("Authorization", ""), request.headers.get("X-API-Key", ""))
     if raw:
-        return key_verdict(keys.key_check(raw), call)
+        address_verdict(call)
+        info = keys.key_check(raw)
+        if info is None:
+            bad_key(call)
+        return key_verdict(info, call)
     user = request.user
     if not user.is_authenticated:
         raise CallError(
@@ -291,7 +342,7 @@ def _prediction_endpoint(parse):
             try:
                 target, upstream, parsed = _run(call, parse)
             except CallError as exc:
-                call.log(exc.status, exc.body.get("error", ""))
+                call.refused(exc)
                 return _answer(call, exc.status, exc.body, exc.headers)
             response = render(call, target, upstream, parsed)
             call.log(200)  # committed before the answer leaves
