@@ -9,6 +9,7 @@ endpoint and lane; validation refuses to run below the minimum sandbox isolation
 from __future__ import annotations
 
 import base64
+import json
 from http import HTTPStatus
 
 import pytest
@@ -88,72 +89,7 @@ def test_basic_auth_failures_lock_the_address(client, make_user, settings):
     assert client.get(url, REMOTE_ADDR=OUTSIDE, **_basic("erin", PASSWORD)).status_code == 200
 
 
-# ------------------------------------------------------------- lanes, deployments and keys
-
-
-@pytest.fixture(params=["django", "fast-lane", "asgi-lane"])
-def lane(request):
-    """Every prediction case through the three lanes, as in test_predict: Django's stack, the
-    WSGI fast lane and the asynchronous lane (committed rows, its own connections)."""
-    from django.test import Client
-
-    from tests.conftest import AsgiLaneClient, FastLaneClient
-
-    if request.param == "django":
-        yield Client()
-        return
-    if request.param == "fast-lane":
-        yield FastLaneClient()
-        return
-    request.node.add_marker(pytest.mark.django_db(transaction=True))
-    request.getfixturevalue("asgi_lane_connections")
-    client = AsgiLaneClient()
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def deployment(db):
-    """A stopped deployment: calls to it are authenticated and their bodies read, then 503."""
-    from deployments_app.models import Deployment
-    from models_app.models import ModelVersion, RegisteredModel
-
-    model = RegisteredModel.objects.create(name="lim-model")
-    version = ModelVersion.objects.create(
-        model=model, number=1, status="ready", artifact_sha256="0" * 64, artifact_size=1
-    )
-    return Deployment.objects.create(
-        name="lim-dep", model=model, version=version, runtime="process", state="stopped"
-    )
-
-
-@pytest.fixture
-def raw_key(deployment, make_user):
-    from deployments_app.predict import keys
-    from portal.audit import Actor
-
-    _, raw = keys.api_key_create(
-        user=make_user("deployer"),
-        actor=Actor.system(),
-        name="k",
-        deployment_names=[deployment.name],
-    )
-    return raw
-
-
-@pytest.fixture
-def forget_bad_keys(settings):
-    """Invalid-key counts live in the shared Redis for a minute: drop this test's afterwards,
-    so no other test (in this run) starts over the limit."""
-    from deployments_app.predict import keys
-
-    keys._blocked.clear()
-    yield
-    keys._blocked.clear()
-    client = keys._redis()
-    if client is not None:
-        for name in client.scan_iter(f"portal:{settings.PORTAL_INSTANCE}:badkey:*"):
-            client.delete(name)
+# ------------------------------------------------------------------------------- helpers
 
 
 def _predict(
@@ -297,3 +233,80 @@ def test_anonymous_readyz_not_ready_names_no_check_path_or_error(client, setting
 def test_readyz_details_from_outside_are_for_admins_only(role_client, role, sees):
     body = role_client(role).get("/readyz", REMOTE_ADDR=OUTSIDE).json()
     assert ("checks" in body) is sees
+
+
+# ------------------------------------------------------------ sandbox minimum isolation
+
+
+@pytest.fixture
+def weak_host(monkeypatch, tmp_path):
+    """This host as one without util-linux: the real detection, run with a PATH that holds
+    none of unshare, setpriv and chroot, reports isolation 'none'. Detected again afterwards."""
+    from models_app.validation import sandbox
+
+    with monkeypatch.context() as patch:
+        patch.setenv("PATH", str(tmp_path))
+        detected = sandbox.isolation(refresh=True)
+    assert detected["mode"] == "none"
+    yield detected
+    sandbox.isolation(refresh=True)
+
+
+def test_validation_below_the_minimum_isolation_fails_with_its_reason(
+    weak_host, fixture_copy, manifest, settings, role_client
+):
+    from models_app import services
+    from models_app.models import ModelVersion
+    from portal.audit import Actor
+
+    assert settings.PORTAL_SANDBOX_MIN_ISOLATION == "namespaces"  # the default
+    name = "house_price_linreg.pkl"
+    client = role_client("deployer")
+    version, _ = services.model_version_upload(
+        model_name="weak-host",
+        chunks=[fixture_copy(name).read_bytes()],
+        actor=Actor.system(),
+        user=client.user,
+        filename=name,
+        example_text=json.dumps(manifest[name]["input_example"]),
+    )
+    services.model_version_validate(version_id=version.pk)
+    version.refresh_from_db()
+    assert version.status == ModelVersion.Status.REJECTED
+    reason = version.rejection_reason
+    assert "offers only 'none' isolation" in reason
+    assert "PORTAL_SANDBOX_MIN_ISOLATION requires 'namespaces'" in reason
+    assert "unshare not found" in reason
+    load = next(s for s in version.report["steps"] if s["key"] == "load")
+    assert load["ok"] is False and "not loaded" in load["summary"]
+    assert "inspection" not in version.report  # the sandbox never ran
+    page = client.get(reverse("version-detail", args=["weak-host", version.number]))
+    assert "PORTAL_SANDBOX_MIN_ISOLATION" in page.content.decode()
+    rejected = AuditEvent.objects.get(action="model_version.rejected")
+    assert "PORTAL_SANDBOX_MIN_ISOLATION" in rejected.details["reason"]
+
+
+def test_userns_host_is_refused_by_default_and_accepted_when_allowed(
+    weak_host, monkeypatch, settings
+):
+    from models_app.validation import pipeline
+
+    userns = {**weak_host, "mode": "userns", "notes": ["not root: no mount namespace"]}
+    monkeypatch.setattr(pipeline.sandbox, "isolation", lambda refresh=False: userns)
+    assert "offers only 'userns'" in pipeline.isolation_shortfall()
+    settings.PORTAL_SANDBOX_MIN_ISOLATION = "userns"
+    assert pipeline.isolation_shortfall() == ""
+
+
+def test_an_operator_may_accept_weaker_isolation_explicitly(
+    weak_host, fixture_copy, manifest, settings
+):
+    from models_app.validation.pipeline import validate_artifact
+
+    settings.PORTAL_SANDBOX_MIN_ISOLATION = "none"
+    name = "house_price_linreg.pkl"
+    outcome = validate_artifact(
+        path=fixture_copy(name), example_rows=manifest[name]["input_example"]
+    )
+    assert outcome.ok, outcome.reason
+    assert outcome.report["sandbox"]["isolation"]["mode"] == "none"
