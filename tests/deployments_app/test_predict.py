@@ -22,7 +22,8 @@ from django.utils import timezone
 
 from deployments_app.models import ApiKey, Deployment, PredictionLog, Replica
 from deployments_app.predict import keys, logwriter, proxy
-from deployments_app.runtimes.base import BuildSpec, ReplicaLimits
+from deployments_app.runtimes import replica_token
+from deployments_app.runtimes.base import BuildSpec, ReplicaLimits, probe_health
 from deployments_app.services import SERVER_DIR
 from models_app.models import ModelVersion, RegisteredModel
 from models_app.validation.pipeline import validate_artifact
@@ -542,7 +543,7 @@ def test_a_hanging_replica_is_bypassed_and_all_hanging_times_out(client, world, 
     house, _ = world["house"]
     key = key_for(house)
     settings.PORTAL_PREDICT_READ_TIMEOUT = 1.0
-    proxy._client = None  # rebuild the pool with the short timeout
+    proxy.reset_pools()  # rebuild the pools with the short timeout
     containers = [
         docker.from_env().containers.get(r.name)
         for r in Replica.objects.filter(deployment=house).order_by("index")
@@ -570,7 +571,7 @@ def test_a_hanging_replica_is_bypassed_and_all_hanging_times_out(client, world, 
             c.reload()
             if c.status == "paused":
                 c.unpause()
-        proxy._client = None
+        proxy.reset_pools()
     assert PredictionLog.objects.filter(status_code=504).count() == 2
 
 
@@ -838,9 +839,8 @@ def test_asgi_lane_under_load_two_replicas_zero_5xx_and_every_answer_logged(
     # Round robin over every replica still alive (the failover test may have killed one).
     alive = set()
     for replica in Replica.objects.filter(deployment=house):
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{replica.endpoint}/health", timeout=2).status_code == 200:
-                alive.add(replica.name)
+        if probe_health(replica.endpoint, timeout=2, token=replica_token(house.name)):
+            alive.add(replica.name)
     assert alive and set(PredictionLog.objects.values_list("replica", flat=True)) == alive
 
 
@@ -959,22 +959,23 @@ def test_asgi_lane_keeps_upstream_connections_alive(world, monkeypatch):
     house, _ = world["house"]
     endpoint = Replica.objects.filter(deployment=house).order_by("index").first().endpoint
     opened = []
-    real_open = asyncio.open_connection
+    real_open = asyncio.open_unix_connection  # replicas listen on unix sockets
 
     async def counting(*args, **kwargs):
         opened.append(args)
         return await real_open(*args, **kwargs)
 
-    monkeypatch.setattr(asyncio, "open_connection", counting)
+    monkeypatch.setattr(asyncio, "open_unix_connection", counting)
     body = json.dumps({"instances": [[1500, 3, 2]], "params": {"proba": False}}).encode()
+    headers = proxy.upstream_headers(house.name)
 
     async def scenario():
-        answers = [await aio.post(endpoint, "/predict", body) for _ in range(20)]
+        answers = [await aio.post(endpoint, "/predict", body, headers) for _ in range(20)]
         assert len(opened) == 1  # one connection for twenty calls
         (idle,) = aio._state().idle.values()
         idle[0][1].close()  # as if the replica had closed it while idle
         await asyncio.sleep(0.05)
-        answers.append(await aio.post(endpoint, "/predict", body))
+        answers.append(await aio.post(endpoint, "/predict", body, headers))
         for _reader, writer in idle:
             writer.close()
         return answers
