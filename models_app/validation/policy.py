@@ -396,7 +396,7 @@ _SKLEARN_FOREIGN_NAMES = frozenset(
 _CONSTANT_NAME = re.compile(r"_*[A-Z][A-Z0-9]*(_[A-Z0-9]*)+\Z|_+[A-Z][A-Z0-9]*\Z")
 
 _SKLEARN_DENIED_MODULES: tuple[tuple[str, str], ...] = (
-    ("sklearn.callback._transport", "inter-process transport (multiprocessing connections)"),
+    ("sklearn.callback", "callbacks open listeners, threads and inter-process transports"),
     ("sklearn.utils._repr_html", "HTML rendering helpers (files, templates)"),
     ("sklearn.utils._estimator_html_repr", "HTML rendering helpers (files, templates)"),
     ("sklearn.datasets", "dataset loaders download from the network and write files"),
@@ -632,13 +632,29 @@ RECONSTRUCTORS = CLASS_FIRST_ARG | frozenset(
 )
 
 
+#: Reconstruction helpers whose result the stream then BUILDs (random generators get
+#: their state that way); the loader checks the real type of what they returned.
+BUILDABLE_RESULTS = frozenset(
+    {
+        "numpy.random._pickle.__randomstate_ctor",
+        "numpy.random._pickle.__bit_generator_ctor",
+        "numpy.random._pickle.__generator_ctor",
+        "numpy.random.__RandomState_ctor",
+    }
+)
+
+
+def _is_cython_unpickle(full: str) -> bool:
+    return full.rpartition(".")[2].startswith("__pyx_unpickle_")
+
+
+def _buildable(full: str) -> bool:
+    return full in BUILDABLE_RESULTS or _is_cython_unpickle(full)
+
+
 def may_call(full: str, kind: str) -> bool:
     """Whether the stream may call the allowed global ``full`` (of ``kind``) while loading."""
-    return (
-        kind == "class"
-        or full in RECONSTRUCTORS
-        or full.rpartition(".")[2].startswith("__pyx_unpickle_")
-    )
+    return kind == "class" or full in RECONSTRUCTORS or _is_cython_unpickle(full)
 
 
 #: Array types a joblib wrapper or ``_reconstruct`` may produce.
@@ -787,6 +803,10 @@ def check_scanned(
         if entry is not None and not may_call(full, entry.get("kind", "")):
             problems.append((full, "may be kept in a model but not called while loading"))
     for full, keys in state_keys.items():
+        entry = allowlist_entry(allowlist, full)
+        if entry is not None and entry.get("kind") != "class" and not _buildable(full):
+            problems.append((full, "BUILD on what a function returned (only objects of "
+                             "allowed classes may have their state set)"))  # fmt: skip
         reason = check_state(full, keys, allowlist)
         if reason:
             problems.append((full, reason))

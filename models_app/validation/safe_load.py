@@ -175,9 +175,7 @@ def build_allowlist() -> dict[str, Any]:
             for attr, obj in list(vars(module).items()):
                 if isinstance(obj, type):
                     defined_here = policy.canonical_module(getattr(obj, "__module__", ""))
-                    if defined_here == module.__name__ and (
-                        helper or issubclass(obj, bases)
-                    ):
+                    if defined_here == module.__name__ and (helper or issubclass(obj, bases)):
                         add(obj)
                 elif (
                     helper
@@ -300,15 +298,14 @@ class _Guard:
             )
         if type(args) is not tuple:
             raise self.refuse(f"{opcode} arguments of {full} are not a tuple")
+        kind = (policy.allowlist_entry(self.allowlist, full) or {}).get("kind", "")
+        if not policy.may_call(full, kind):
+            raise self.refuse(f"{full} may be kept in a model but not called while loading")
         if full in policy.CLASS_FIRST_ARG:
             cls = args[0] if args else None
             cls_name = self._entry_name(cls)
-            entry = policy.allowlist_entry(self.allowlist, cls_name or "")
-            if (
-                cls_name is None
-                or not isinstance(cls, type)
-                or (entry or {}).get("kind") != "class"
-            ):
+            entry = policy.allowlist_entry(self.allowlist, cls_name or "") or {}
+            if cls_name is None or not isinstance(cls, type) or entry.get("kind") != "class":
                 raise self.refuse(f"{full} is given a class that is not a literal allowed class")
             if full.endswith("_reconstruct") and not _is_array_class(cls):
                 raise self.refuse(f"{full} is given {cls_name}, not a numpy array type")

@@ -180,6 +180,7 @@ def run_inspection(
     columns: list | None = None,
     trusted: list[str] | None = None,
     allowlist: str | os.PathLike[str] | None = None,
+    loader_dir: str | os.PathLike[str] | None = None,
     timeout: float = 60,
     memory_mb: int = 1024,
     file_size_mb: int = 10,
@@ -198,6 +199,11 @@ def run_inspection(
     A model that fails, crashes, hangs or hits a limit yields ``ok: False`` with a
     readable ``error``; :class:`SandboxError` is raised only when the sandbox
     itself cannot be set up.
+
+    The model is loaded by ``safe_load.py`` (the restricted loader) under ``allowlist``
+    (the environment's file from :func:`envs.ensure_allowlist`; enumerated inside the
+    sandbox when None). ``loader_dir`` replaces the folder the loader is copied from:
+    only tests use it, to prove the sandbox contains code that a broken loader let run.
     """
     model_path = Path(model_path)
     if fmt not in ("pickle", "joblib", "skops"):
@@ -239,7 +245,7 @@ def run_inspection(
         # The restricted loader, its policy and this environment's allowlist load the model.
         loader = [indir / name for name in LOADER_FILES]
         for f in loader:
-            shutil.copyfile(INSPECT_SCRIPT.with_name(f.name), f)
+            shutil.copyfile(Path(loader_dir or INSPECT_SCRIPT.parent) / f.name, f)
         listed = None
         if allowlist is not None:
             shutil.copyfile(allowlist, indir / "allowlist.json")

@@ -564,6 +564,19 @@ _WRAPPER_INIT_PARAMS = (
 )
 
 
+def _is_object_dtype(value: Any) -> bool:
+    """Whether a symbolic value is ``numpy.dtype('O...')``."""
+    return (
+        isinstance(value, _Obj)
+        and isinstance(value.func, _Global)
+        and value.func.full == "numpy.dtype"
+        and isinstance(value.args, _Tuple)
+        and bool(value.args.items)
+        and type(value.args.items[0]) is str
+        and value.args.items[0].lstrip("<>|=").startswith("O")
+    )
+
+
 def _describe(value: Any) -> str:
     """What a symbolic value is, with an article, for messages."""
     if isinstance(value, _Global):
@@ -827,6 +840,12 @@ class _StreamWalker:
         cls = glob.full
         self.scan.called.add(cls)
         items = args.items if isinstance(args, (_Tuple, _List)) else ()
+        if cls.endswith("multiarray.scalar") and items and _is_object_dtype(items[0]):
+            self.offend(
+                opcode,
+                f"{cls} of an object dtype hands back its argument unchanged (launders a "
+                "global into an object made while loading)",
+            )
         if cls in CLASS_FIRST_ARG:
             # These helpers create the instance without calling cls.__init__.
             cls = items[0].full if items and isinstance(items[0], _Global) else None
@@ -1202,6 +1221,7 @@ class _StreamWalker:
                 "function or container)",
             )
             return
+        self.scan.state_keys.setdefault(inst.cls or "?", set())  # every BUILD target
         if inst.cls is None:
             self.offend(
                 "BUILD",

@@ -329,3 +329,207 @@ def random_bytes(size: int = 4096, seed: int = 7) -> bytes:
 
 PDF = b"%PDF-1.7\n1 0 obj\n<< /Type /Catalog >>\nendobj\ntrailer\n%%EOF\n"
 TEXT = b"sepal_length,sepal_width,species\n5.1,3.5,setosa\n4.9,3.0,setosa\n"
+
+
+# -- payloads made of allowed names only (issue 11: the scanner is not the authority) ----
+#
+# Each file below passed the pre-issue-11 scanner. The joblib ones make the loader read
+# bytes the scanner took for array data as a nested pickle (which runs `touch marker`);
+# the others reach code, the network or memory through names the old allowlist admitted.
+# They are written as protocol-2 opcodes, so that each trick is visible in the bytes.
+
+MARK, TUPLE, EMPTY_TUPLE, EMPTY_DICT, SETITEMS = b"(", b"t", b")", b"}", b"u"
+REDUCE, NEWOBJ, BUILD, STOP, NONE = b"R", b"\x81", b"b", b".", b"N"
+TRUE, FALSE, PROTO2, EMPTY_LIST, APPENDS = b"\x88", b"\x89", b"\x80\x02", b"]", b"e"
+
+
+def glob(module: str, name: str) -> bytes:
+    return b"c" + f"{module}\n{name}\n".encode()
+
+
+def binint(n: int) -> bytes:
+    return b"J" + struct.pack("<i", n)
+
+
+def tup(*items: bytes) -> bytes:
+    return MARK + b"".join(items) + TUPLE
+
+
+def dct(*pairs: tuple[bytes, bytes]) -> bytes:
+    return EMPTY_DICT + MARK + b"".join(k + v for k, v in pairs) + SETITEMS
+
+
+def np_core() -> str:
+    return "numpy._core.multiarray" if np.__version__ >= "2" else "numpy.core.multiarray"
+
+
+def dtype(code: str, *, flags: int = 0, elsize: int = -1, endian: str = "<") -> bytes:
+    """numpy.dtype(code) with an explicit BUILD state (as numpy pickles dtypes)."""
+    state = tup(binint(3), binunicode(endian), NONE, NONE, NONE, binint(elsize), binint(-1),
+                binint(flags))  # fmt: skip
+    return glob("numpy", "dtype") + tup(binunicode(code), FALSE, TRUE) + REDUCE + state + BUILD
+
+
+def wrapper(dtype_bytes: bytes, *, shape: int = 1, extra: tuple = ()) -> bytes:
+    """joblib's NumpyArrayWrapper for a 1-d array, built as joblib writes it."""
+    state = dct(
+        (binunicode("subclass"), glob("numpy", "ndarray")),
+        (binunicode("shape"), tup(binint(shape))),
+        (binunicode("order"), binunicode("C")),
+        (binunicode("dtype"), dtype_bytes),
+        (binunicode("allow_mmap"), FALSE),
+        (binunicode("numpy_array_alignment_bytes"), binint(16)),
+        *extra,
+    )
+    return glob("joblib.numpy_pickle", "NumpyArrayWrapper") + EMPTY_TUPLE + NEWOBJ + state + BUILD
+
+
+def nested_system(marker: Path) -> bytes:
+    return pickle.dumps(os_system(marker), protocol=2)
+
+
+def lying_dtype_joblib(marker: Path) -> bytes:
+    """An 'f8' dtype whose flags say it holds objects: the scanner reads 8 bytes of array
+    data, joblib (dtype.hasobject) reads them as a nested pickle."""
+    payload = nested_system(marker)
+    return PROTO2 + wrapper(dtype("f8", flags=63, elsize=8)) + payload + STOP
+
+
+def second_build_dtype_joblib(marker: Path) -> bytes:
+    """A dtype BUILT twice: the first state is an honest float, the second claims objects."""
+    twice = (
+        dtype("f8")[:-1]
+        + BUILD
+        + tup(binint(3), binunicode("|"), NONE, NONE, NONE, binint(8), binint(-1), binint(63))
+        + BUILD
+    )
+    return PROTO2 + wrapper(twice) + nested_system(marker) + STOP
+
+
+def wrapper_shadows_method(marker: Path) -> bytes:
+    """An array wrapper whose state sets `read_array` (the method joblib calls) to an
+    allowed class: instance state shadows the loader's own method."""
+    extra = ((binunicode("read_array"), glob("sklearn.dummy", "DummyClassifier")),)
+    return PROTO2 + wrapper(dtype("f8"), extra=extra) + b"\x00" + b"\x00" * 8 + STOP
+
+
+def str_subclass_state_key(marker: Path) -> bytes:
+    """BUILD with a key that is a numpy.str_ (a str subclass) spelling __class__: the object
+    becomes another (allowed) class after the scanner judged it."""
+    key = glob("numpy", "str_") + tup(binunicode("__class__")) + REDUCE
+    obj = (
+        glob("copyreg", "_reconstructor")
+        + tup(glob("sklearn.dummy", "DummyClassifier"), glob("builtins", "object"), NONE)
+        + REDUCE
+    )
+    state = tup(NONE, dct((key, glob("sklearn.dummy", "DummyRegressor"))))
+    return PROTO2 + obj + state + BUILD + STOP
+
+
+def state_made_by_call(marker: Path) -> bytes:
+    """A BUILD state that is not a literal but the result of a call (an OrderedDict built
+    from pairs): the scanner cannot see its keys."""
+    pairs = (
+        EMPTY_LIST + MARK + tup(binunicode("__class__"), glob("sklearn.dummy", "DummyRegressor"))
+    )
+    state = glob("collections", "OrderedDict") + tup(pairs + APPENDS) + REDUCE
+    obj = (
+        glob("copyreg", "_reconstructor")
+        + tup(glob("sklearn.dummy", "DummyClassifier"), glob("builtins", "object"), NONE)
+        + REDUCE
+    )
+    return PROTO2 + obj + state + BUILD + STOP
+
+
+def laundered_global(marker: Path) -> bytes:
+    """numpy's scalar(dtype('O'), X) hands back X: an allowed class laundered into an
+    'object made while loading', whose BUILD then monkey-patches the class itself."""
+    dt = glob("numpy", "dtype") + tup(binunicode("O8"), FALSE, TRUE) + REDUCE
+    cls = glob(np_core(), "scalar") + tup(dt, glob("sklearn.base", "BaseEstimator")) + REDUCE
+    patch = tup(NONE, dct((binunicode("get_params"), glob("numpy", "log1p"))))
+    return PROTO2 + cls + patch + BUILD + STOP
+
+
+def dynamic_class(marker: Path) -> bytes:
+    """A class made at load time by a metaclass scikit-learn re-exports (abc.ABCMeta as
+    sklearn.naive_bayes.ABCMeta), subclassing joblib's array wrapper, then instantiated:
+    the scanner cannot name what NEWOBJ makes."""
+    made = (
+        glob("sklearn.naive_bayes", "ABCMeta")
+        + tup(binunicode("Evil"), tup(glob("joblib.numpy_pickle", "NumpyArrayWrapper")), EMPTY_DICT)
+        + REDUCE
+    )
+    return PROTO2 + made + EMPTY_TUPLE + NEWOBJ + STOP
+
+
+def side_effect_setstate(marker: Path) -> bytes:
+    """A scikit-learn class whose __setstate__ opens a listening socket (a callback's
+    listener): a CamelCase name in a scikit-learn module, never part of a model."""
+    obj = glob("sklearn.callback._scoring_monitor", "ScoringMonitor") + EMPTY_TUPLE + NEWOBJ
+    state = dct((binunicode("_listener_handle"), NONE), (binunicode("_log"), EMPTY_LIST))
+    return PROTO2 + obj + state + BUILD + STOP
+
+
+def allowed_function_called(marker: Path) -> bytes:
+    """An allowed function (a metric a scorer keeps) called by the stream while loading."""
+    call = (
+        glob("sklearn.metrics._regression", "mean_squared_error")
+        + tup(EMPTY_LIST, EMPTY_LIST)
+        + REDUCE
+    )
+    return PROTO2 + call + STOP
+
+
+def class_argument_made_at_load(marker: Path) -> bytes:
+    """copyreg._reconstructor given a class that an earlier call returned."""
+    dt = glob("numpy", "dtype") + tup(binunicode("O8"), FALSE, TRUE) + REDUCE
+    cls = glob(np_core(), "scalar") + tup(dt, glob("sklearn.dummy", "DummyClassifier")) + REDUCE
+    obj = glob("copyreg", "_reconstructor") + tup(cls, glob("builtins", "object"), NONE) + REDUCE
+    return PROTO2 + obj + STOP
+
+
+def structured_object_dtype(marker: Path) -> bytes:
+    """A structured dtype with an object field, in an ndarray rebuilt from raw bytes: numpy
+    would read the bytes as object pointers (memory corruption)."""
+    field = dtype("O8", flags=63, endian="|")
+    fields = dct((binunicode("a"), tup(field, binint(0))))
+    state = tup(binint(3), binunicode("|"), NONE, tup(binunicode("a")), fields, binint(8),
+                binint(1), binint(63))  # fmt: skip
+    dt = glob("numpy", "dtype") + tup(binunicode("V8"), FALSE, TRUE) + REDUCE + state + BUILD
+    arr = (
+        glob(np_core(), "_reconstruct")
+        + tup(glob("numpy", "ndarray"), tup(binint(0)), b"U\x01b")
+        + REDUCE
+    )
+    arr_state = tup(binint(1), tup(binint(1)), dt, FALSE, b"C\x08" + b"\x41" * 8)
+    return PROTO2 + arr + arr_state + BUILD + STOP
+
+
+def file_reading_vectorizer(path: Path) -> Path:
+    """A real, fitted TfidfVectorizer + classifier switched to input='filename': predict
+    opens whatever path a client sends."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    model = make_pipeline(TfidfVectorizer(), LogisticRegression())
+    model.fit(["spam spam offer", "hello friend", "win money now", "see you soon"], [1, 0, 1, 0])
+    model.set_params(tfidfvectorizer__input="filename")
+    joblib.dump(model, path)
+    return path
+
+
+#: name -> (generator, format, what the loader's refusal names)
+ALLOWED_NAME_PAYLOADS: dict[str, tuple[Any, str, str]] = {
+    "lying_dtype": (lying_dtype_joblib, "joblib", "dtype"),
+    "second_build": (second_build_dtype_joblib, "joblib", "second BUILD"),
+    "wrapper_shadows_method": (wrapper_shadows_method, "joblib", "read_array"),
+    "str_subclass_key": (str_subclass_state_key, "pickle", "not a plain str"),
+    "state_made_by_call": (state_made_by_call, "pickle", "made by a call"),
+    "laundered_global": (laundered_global, "pickle", "scalar"),
+    "dynamic_class": (dynamic_class, "joblib", "ABCMeta"),
+    "side_effect_setstate": (side_effect_setstate, "pickle", "ScoringMonitor"),
+    "allowed_function_called": (allowed_function_called, "pickle", "not called while loading"),
+    "class_argument_made_at_load": (class_argument_made_at_load, "pickle", "scalar"),
+    "structured_object_dtype": (structured_object_dtype, "pickle", "dtype"),
+}

@@ -83,6 +83,31 @@ def hostile_pickle(tmp_path: Path, code: str) -> Path:
     return path
 
 
+# The sandbox is the last layer: these tests prove it contains code that got past the
+# scanner *and* the restricted loader, so they run it with a loader that trusts the file.
+BROKEN_LOADER = """import os  # noqa: F401 - the hostile code's exec() runs with these globals
+import pickle
+import sys  # noqa: F401
+
+
+def load_allowlist(path=None):
+    return {}
+
+
+def load_model(path, fmt, *, allowlist=None):
+    with open(path, "rb") as fh:
+        return pickle.load(fh)
+"""
+
+
+def run_broken_loader(path: Path, **kwargs) -> dict:
+    loader = path.parent / "broken-loader"
+    loader.mkdir(exist_ok=True)
+    (loader / "safe_load.py").write_text(BROKEN_LOADER)
+    (loader / "policy.py").write_text("")
+    return run_inspection(path, loader_dir=loader, **kwargs)
+
+
 def uid_processes(uid: int) -> list[int]:
     pids = []
     for entry in os.scandir("/proc"):
@@ -328,7 +353,7 @@ def test_network_is_cut_off(tmp_path, hostile_env):
         f"s = socket.create_connection(('127.0.0.1', {port}), timeout=3)\n"
         "raise RuntimeError('CONNECTED')\n"
     )
-    report = run_inspection(hostile_pickle(tmp_path, code), fmt="pickle", env=hostile_env)
+    report = run_broken_loader(hostile_pickle(tmp_path, code), fmt="pickle", env=hostile_env)
     with pytest.raises(OSError):
         server.accept()  # nobody came
     server.close()
@@ -342,7 +367,7 @@ def test_network_is_cut_off(tmp_path, hostile_env):
 @pytest.mark.security
 def test_memory_limit_stops_a_4gb_allocation(tmp_path, hostile_env):
     code = "blob = bytearray(4 * 1024 ** 3)\n"
-    report = run_inspection(
+    report = run_broken_loader(
         hostile_pickle(tmp_path, code), fmt="pickle", env=hostile_env, memory_mb=1024
     )
     assert not report["ok"]
@@ -364,7 +389,7 @@ def test_endless_sleep_times_out_and_nothing_survives(tmp_path, hostile_env):
         "time.sleep(10 ** 6)\n"
     )
     started = time.monotonic()
-    report = run_inspection(
+    report = run_broken_loader(
         hostile_pickle(tmp_path, code), fmt="pickle", env=hostile_env, timeout=3, sandbox_uid=uid
     )
     assert time.monotonic() - started < 15
@@ -385,7 +410,7 @@ def test_file_size_limit_stops_a_100mb_file(tmp_path, hostile_env):
         "    for _ in range(100):\n"
         "        fh.write(b'\\0' * 1024 * 1024)\n"
     )
-    report = run_inspection(
+    report = run_broken_loader(
         hostile_pickle(tmp_path, code), fmt="pickle", env=hostile_env, file_size_mb=10
     )
     assert not report["ok"]
@@ -399,7 +424,7 @@ def test_environment_holds_no_secrets(tmp_path, hostile_env, monkeypatch):
     monkeypatch.setenv("PORTAL_SECRET_KEY", "canary-s3cr3t-value")
     monkeypatch.setenv("DATABASE_URL", "postgres://portal:canary-pw@db/portal")
     code = "import os, json\nraise RuntimeError(json.dumps(dict(os.environ)))\n"
-    report = run_inspection(hostile_pickle(tmp_path, code), fmt="pickle", env=hostile_env)
+    report = run_broken_loader(hostile_pickle(tmp_path, code), fmt="pickle", env=hostile_env)
     assert not report["ok"]
     assert "OPENBLAS_NUM_THREADS" in report["error"]  # it did dump its environment
     dumped = json.dumps(report)
@@ -420,7 +445,8 @@ def test_host_files_are_out_of_sight(tmp_path, hostile_env):
         "top, root = sorted(os.listdir('/')), sorted(os.listdir('/root'))\n"
         "raise RuntimeError(repr((seen, top, root, repo)))\n"
     )
-    report = run_inspection(hostile_pickle(tmp_path, code), fmt="pickle", env=hostile_env)
+    report = run_broken_loader(hostile_pickle(tmp_path, code), fmt="pickle", env=hostile_env)
+    assert "RuntimeError: " in report["error"], report
     seen, top, root, repo = ast.literal_eval(report["error"].split("RuntimeError: ", 1)[1])
     assert seen == [False] * 5, report["error"]
     assert "sandbox" in top and "home" not in top and "var" not in top
@@ -432,7 +458,7 @@ def test_host_files_are_out_of_sight(tmp_path, hostile_env):
 @pytest.mark.security
 def test_model_output_on_stdout_cannot_break_the_report(tmp_path, hostile_env):
     code = "import os\nprint('{\"ok\": true}')\nos.write(1, b'garbage')\nx = 1\n"
-    report = run_inspection(hostile_pickle(tmp_path, code), fmt="pickle", env=hostile_env)
+    report = run_broken_loader(hostile_pickle(tmp_path, code), fmt="pickle", env=hostile_env)
     # exec() returns None: a NoneType is no estimator; the prints went to stderr
     assert not report["ok"] and "not an estimator" in report["error"]
     assert "garbage" in report["sandbox"]["stderr"]
@@ -457,7 +483,7 @@ def test_fork_bomb_is_capped_by_the_process_limit(tmp_path, hostile_env):
         "raise RuntimeError(f'forked {n}')\n"
     )
     uid = 271_829
-    report = run_inspection(
+    report = run_broken_loader(
         hostile_pickle(tmp_path, code),
         fmt="pickle",
         env=hostile_env,
@@ -480,6 +506,6 @@ def test_many_small_files_cannot_fill_the_disk(tmp_path, hostile_env):
         "    with open(f'part{i}.bin', 'wb') as fh:\n"
         "        fh.write(b'\\0' * 5 * 1024 * 1024)\n"
     )
-    report = run_inspection(hostile_pickle(tmp_path, code), fmt="pickle", env=hostile_env)
+    report = run_broken_loader(hostile_pickle(tmp_path, code), fmt="pickle", env=hostile_env)
     assert not report["ok"]
     assert "No space left on device" in report["error"]
