@@ -5,6 +5,7 @@ Apart from portal.api: DRF imports authentication classes while its views module
 
 from __future__ import annotations
 
+from drf_spectacular.authentication import BasicScheme
 from rest_framework import exceptions
 from rest_framework.authentication import BasicAuthentication
 
@@ -22,3 +23,10 @@ class LockoutBasicAuthentication(BasicAuthentication):
                     detail="too many failed logins for this account or address; try later"
                 ) from None
             raise
+
+
+class LockoutBasicScheme(BasicScheme):
+    """The OpenAPI schema: still plain HTTP basic auth."""
+
+    target_class = "portal.authentication.LockoutBasicAuthentication"
+    priority = 0

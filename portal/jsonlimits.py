@@ -55,10 +55,12 @@ def loads(data: bytes | str, *, max_bytes: int | None = None, max_depth: int | N
     """json.loads within limits (defaults: PORTAL_JSON_MAX_BYTES, PORTAL_JSON_MAX_DEPTH)."""
     max_bytes = settings.PORTAL_JSON_MAX_BYTES if max_bytes is None else max_bytes
     max_depth = settings.PORTAL_JSON_MAX_DEPTH if max_depth is None else max_depth
-    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
     if len(raw) > max_bytes:
         raise JSONLimitError(f"the JSON is larger than {max_bytes} bytes")
-    if depth_exceeds(raw, max_depth):
+    # Nesting needs an opening bracket per level: a small call skips the scan.
+    opens = raw.count(b"[") + raw.count(b"{")
+    if opens > max_depth and depth_exceeds(raw, max_depth):
         raise JSONLimitError(f"the JSON is nested deeper than {max_depth} levels")
     try:
         return json.loads(raw)

@@ -138,17 +138,13 @@ def address_verdict(call: Call) -> None:
         raise _too_many_bad_keys(wait)
 
 
-def bad_key(call: Call) -> None:
-    """Refuse an invalid key, unlogged: 401, or 429 once its address is over the limit."""
+def bad_key(call: Call, error: str = "invalid, expired or revoked API key") -> None:
+    """Refuse an invalid (or missing) key, unlogged: 401, or 429 once its address is over
+    the limit."""
     wait = keys.bad_key_note(client_ip(call.request))
     if wait:
         raise _too_many_bad_keys(wait)
-    raise CallError(
-        401,
-        {"error": "invalid, expired or revoked API key"},
-        {"WWW-Authenticate": "Bearer"},
-        logged=False,
-    )
+    raise CallError(401, {"error": error}, {"WWW-Authenticate": "Bearer"}, logged=False)
 
 
 def _too_many_bad_keys(wait: int) -> CallError:
@@ -170,12 +166,9 @@ def _authenticate(request: HttpRequest, call: Call) -> keys.KeyInfo | None:
             bad_key(call)
         return key_verdict(info, call)
     user = request.user
-    if not user.is_authenticated:
-        raise CallError(
-            401,
-            {"error": "authentication required: send an API key as 'Authorization: Bearer <key>'"},
-            {"WWW-Authenticate": "Bearer"},
-        )
+    if not user.is_authenticated:  # no more ours to log than an invalid key
+        address_verdict(call)
+        bad_key(call, "authentication required: send an API key as 'Authorization: Bearer <key>'")
     # Browser sessions are subject to CSRF like any form post.
     reason = CsrfViewMiddleware(lambda r: None).process_view(request, None, (), {})
     if reason is not None:

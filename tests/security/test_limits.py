@@ -143,6 +143,18 @@ def test_invalid_keys_are_throttled_per_address_and_leave_no_log_rows(
     assert _invalid_key_count(429) - before_429 == 2
 
 
+def test_calls_without_credentials_leave_no_log_rows(client, deployment, forget_bad_keys):
+    from deployments_app.models import PredictionLog
+
+    before = _invalid_key_count(401)
+    for i in range(3):
+        anonymous = _predict(client, b"{}", None, path=f"/api/v1/deployments/name-{i}/predict")
+        assert anonymous.status_code == HTTPStatus.UNAUTHORIZED
+        assert "authentication required" in anonymous.json()["error"]
+    assert not PredictionLog.objects.exists()
+    assert _invalid_key_count(401) - before == 3
+
+
 @pytest.mark.parametrize("lane_name", ["django", "fast-lane"])
 def test_other_addresses_are_not_throttled_by_one_guesser(
     lane_name, deployment, raw_key, settings, forget_bad_keys
