@@ -181,6 +181,17 @@ def test_an_api_body_over_the_limit_gets_413(api_client, deployment, settings):
     )
 
 
+def test_form_encoded_api_bodies_past_djangos_limits_are_json_errors(api_client, settings):
+    admin = api_client("admin")
+    url = reverse("api-key-list")
+    form = "application/x-www-form-urlencoded"
+    many = admin.post(url, data="&".join(f"f{i}=1" for i in range(2000)), content_type=form)
+    _is_json_error(many, HTTPStatus.BAD_REQUEST)  # DATA_UPLOAD_MAX_NUMBER_FIELDS
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 10_000
+    big = admin.post(url, data="name=" + "x" * 20_000, content_type=form)
+    _is_json_error(big, HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+
+
 # ------------------------------------------------------------------------ upload fields
 
 FIELDS = {
