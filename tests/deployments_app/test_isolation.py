@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import ipaddress
 import json
 import os
 import shutil
@@ -326,7 +327,9 @@ def test_docker_replica_cannot_open_a_connection_to_a_listener_on_the_host(docke
     _runtime, _spec_, build, status = docker_replica
     c = client(timeout=120)
     try:
-        gateway = c.networks.get("bridge").attrs["IPAM"]["Config"][0]["Gateway"]
+        ipam = c.networks.get("bridge").attrs["IPAM"]["Config"][0]
+        # The default bridge's gateway (docker0's address on the host): the subnet's first.
+        gateway = ipam.get("Gateway") or str(ipaddress.ip_network(ipam["Subnet"])[1])
         container = c.containers.get(status.name)
         assert container.attrs["HostConfig"]["NetworkMode"] == "none"
         with _host_listener() as (port, peers):
