@@ -338,6 +338,8 @@ TEXT = b"sepal_length,sepal_width,species\n5.1,3.5,setosa\n4.9,3.0,setosa\n"
 # the others reach code, the network or memory through names the old allowlist admitted.
 # They are written as protocol-2 opcodes, so that each trick is visible in the bytes.
 
+#: The version these payloads claim (the portal's own: its environment is at hand).
+SKLEARN_VERSION = "1.9.1"
 MARK, TUPLE, EMPTY_TUPLE, EMPTY_DICT, SETITEMS = b"(", b"t", b")", b"}", b"u"
 REDUCE, NEWOBJ, BUILD, STOP, NONE = b"R", b"\x81", b"b", b".", b"N"
 TRUE, FALSE, PROTO2, EMPTY_LIST, APPENDS = b"\x88", b"\x89", b"\x80\x02", b"]", b"e"
@@ -466,7 +468,11 @@ def side_effect_setstate(marker: Path) -> bytes:
     """A scikit-learn class whose __setstate__ opens a listening socket (a callback's
     listener): a CamelCase name in a scikit-learn module, never part of a model."""
     obj = glob("sklearn.callback._scoring_monitor", "ScoringMonitor") + EMPTY_TUPLE + NEWOBJ
-    state = dct((binunicode("_listener_handle"), NONE), (binunicode("_log"), EMPTY_LIST))
+    state = dct(
+        (binunicode("_listener_handle"), NONE),
+        (binunicode("_log"), EMPTY_LIST),
+        (binunicode("_sklearn_version"), binunicode(SKLEARN_VERSION)),
+    )
     return PROTO2 + obj + state + BUILD + STOP
 
 
@@ -477,7 +483,16 @@ def allowed_function_called(marker: Path) -> bytes:
         + tup(EMPTY_LIST, EMPTY_LIST)
         + REDUCE
     )
-    return PROTO2 + call + STOP
+    obj = (
+        glob("copyreg", "_reconstructor")
+        + tup(glob("sklearn.dummy", "DummyClassifier"), glob("builtins", "object"), NONE)
+        + REDUCE
+    )
+    state = dct(
+        (binunicode("constant"), call),
+        (binunicode("_sklearn_version"), binunicode(SKLEARN_VERSION)),
+    )
+    return PROTO2 + obj + state + BUILD + STOP
 
 
 def class_argument_made_at_load(marker: Path) -> bytes:
@@ -505,7 +520,13 @@ def structured_object_dtype(marker: Path) -> bytes:
     return PROTO2 + arr + arr_state + BUILD + STOP
 
 
-def file_reading_vectorizer(path: Path) -> Path:
+def file_reading_vectorizer_bytes(marker: Path) -> bytes:
+    buffer = io.BytesIO()
+    file_reading_vectorizer(buffer)
+    return buffer.getvalue()
+
+
+def file_reading_vectorizer(path: Any) -> Any:
     """A real, fitted TfidfVectorizer + classifier switched to input='filename': predict
     opens whatever path a client sends."""
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -532,4 +553,5 @@ ALLOWED_NAME_PAYLOADS: dict[str, tuple[Any, str, str]] = {
     "allowed_function_called": (allowed_function_called, "pickle", "not called while loading"),
     "class_argument_made_at_load": (class_argument_made_at_load, "pickle", "scalar"),
     "structured_object_dtype": (structured_object_dtype, "pickle", "dtype"),
+    "file_reading_vectorizer": (file_reading_vectorizer_bytes, "joblib", "input='filename'"),
 }

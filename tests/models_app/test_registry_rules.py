@@ -52,6 +52,12 @@ HOSTILE = {
     "pdf": lambda m: hostile.PDF,
     "csv-text": lambda m: hostile.TEXT,
     "random-bytes": lambda m: hostile.random_bytes(),
+    # Made of allowed names only (issue 11): refused by the scan, the exact allowlist or the
+    # restricted loader in the sandbox.
+    **{
+        name.replace("_", "-"): make
+        for name, (make, _fmt, _needle) in hostile.ALLOWED_NAME_PAYLOADS.items()
+    },
 }
 
 
