@@ -288,7 +288,6 @@ def build_spec(deployment: Deployment, version: ModelVersion) -> BuildSpec:
         fmt=version.format,
         requirements=version.python_requirements,
         columns=schema.get("columns"),
-        skops_trusted=(version.report.get("scan") or {}).get("skops_untrusted_types"),
         base_image=settings.PORTAL_BASE_IMAGE,
         wheelhouse=Path(settings.PORTAL_WHEELHOUSE),
         server_dir=SERVER_DIR,

@@ -13,7 +13,7 @@ Start it with::
 
 or ``python -m server`` with the same settings in the environment: MODEL_PATH,
 MODEL_FORMAT (joblib|pickle|skops), MODEL_NAME, MODEL_VERSION, MODEL_COLUMNS
-(JSON list or empty), SKOPS_TRUSTED (JSON list), HOST, PORT, MAX_BODY_BYTES
+(JSON list or empty), MODEL_ALLOWLIST (the environment's allowlist file), HOST, PORT, MAX_BODY_BYTES
 (default 10 MB), ACCESS_LOG=1 (one line per request on stderr), UDS (listen on this unix
 socket instead of HOST:PORT), REPLICA_TOKEN_FILE (a file holding the token every request
 must carry in ``X-Portal-Replica-Token``; else 401).
@@ -115,7 +115,6 @@ def parse_config(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--name", default=env.get("MODEL_NAME", "model"))
     parser.add_argument("--version", default=env.get("MODEL_VERSION", "1"))
     parser.add_argument("--columns", default=env.get("MODEL_COLUMNS"), help="JSON list")
-    parser.add_argument("--skops-trusted", default=env.get("SKOPS_TRUSTED"), help="JSON list")
     parser.add_argument("--host", default=env.get("HOST", "0.0.0.0"))  # noqa: S104 - container
     parser.add_argument("--port", type=int, default=int(env.get("PORT", "8080")))
     parser.add_argument("--uds", default=env.get("UDS") or None, help="unix socket path")
@@ -129,7 +128,6 @@ def parse_config(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--log-level", default=env.get("LOG_LEVEL", "warning"))
     cfg = parser.parse_args(argv)
     cfg.columns = _json_list(cfg.columns, "MODEL_COLUMNS")
-    cfg.skops_trusted = _json_list(cfg.skops_trusted, "SKOPS_TRUSTED")
     if cfg.format is None:
         lower = cfg.model.lower()
         if lower.endswith(".skops"):
@@ -141,20 +139,28 @@ def parse_config(argv: list[str] | None = None) -> argparse.Namespace:
     return cfg
 
 
-def load_model(path: str, fmt: str, trusted: list[str] | None = None):
+def _loader_dir() -> str:
+    """Where safe_load.py is: beside this file in a build, models_app/validation in a checkout."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    if os.path.exists(os.path.join(here, "safe_load.py")):
+        return here
+    return os.path.join(os.path.dirname(os.path.dirname(here)), "models_app", "validation")
+
+
+def load_model(path: str, fmt: str):
     """Load the model through the restricted loader (safe_load.py beside this file).
 
-    The portal scanned and validated the file, but this layer does not rely on that:
-    the loader enforces the allowlist of this environment (allowlist.json beside this
-    file, written at build time; enumerated here when it is missing) on every opcode.
-    ``trusted`` (skops) is ignored: the loader derives it from the allowlist.
+    The portal scanned and validated the file, but this layer does not rely on that: the
+    loader enforces this environment's allowlist on every opcode. The allowlist is
+    MODEL_ALLOWLIST, else allowlist.json beside the loader (written at build time), else
+    enumerated here.
     """
-    here = os.path.dirname(os.path.abspath(__file__))
-    if here not in sys.path:
-        sys.path.insert(0, here)
+    loader_dir = _loader_dir()
+    if loader_dir not in sys.path:
+        sys.path.insert(0, loader_dir)
     import safe_load
 
-    listed = os.path.join(here, "allowlist.json")
+    listed = os.environ.get("MODEL_ALLOWLIST") or os.path.join(loader_dir, "allowlist.json")
     allowlist = safe_load.load_allowlist(listed if os.path.exists(listed) else None)
     return safe_load.load_model(path, fmt, allowlist=allowlist)
 
@@ -797,7 +803,7 @@ def _version_value(raw):
 
 
 def make_state(cfg) -> ModelState:
-    model = load_model(cfg.model, cfg.format, cfg.skops_trusted)
+    model = load_model(cfg.model, cfg.format)
     return ModelState(model, cfg.name, _version_value(cfg.version), cfg.columns)
 
 

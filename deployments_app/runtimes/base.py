@@ -92,7 +92,6 @@ class BuildSpec:
     wheelhouse: Path
     server_dir: Path
     columns: list[str] | None = None
-    skops_trusted: list[str] | None = None
     extra_labels: dict[str, str] = field(default_factory=dict)
 
     def all_requirements(self) -> dict[str, str]:
@@ -118,7 +117,6 @@ class BuildSpec:
                 "server": server_code_hash(self.server_dir),
                 "fmt": self.fmt,
                 "columns": self.columns,
-                "trusted": self.skops_trusted,
                 "model": self.model,
                 "version": self.version,
             },
@@ -135,8 +133,6 @@ class BuildSpec:
         }
         if self.columns:
             env["MODEL_COLUMNS"] = json.dumps(self.columns)
-        if self.skops_trusted:
-            env["SKOPS_TRUSTED"] = json.dumps(self.skops_trusted)
         return env
 
 

@@ -3,9 +3,9 @@
     python inspect_model.py MODEL_PATH FORMAT OPTIONS_JSON
 
 FORMAT is pickle, joblib or skops.  OPTIONS_JSON is a file holding
-``{"example": [[...], ...] | null, "columns": [...] | null, "trusted": [...] | null,
-"max_rows": int}``.  ``trusted`` is the list of types a skops file may
-instantiate (the static scanner has already vetted them).
+``{"example": [[...], ...] | null, "columns": [...] | null, "max_rows": int,
+"allowlist": path | null}``.  The model is loaded by ``safe_load.py`` (the restricted
+loader, copied beside this script with ``policy.py``) under the environment's allowlist.
 
 Standalone on purpose: only the standard library and the packages of the
 environment the model is loaded in (scikit-learn, numpy, joblib, skops, pandas).

@@ -198,17 +198,12 @@ def validate_artifact(
         report.data["sandbox"] = {"isolation": sandbox.isolation()}
         report.step("load", "Sandboxed load", False, shortfall, t)
         return _reject(report, shortfall)
-    trusted = None
-    if fmt == "skops":
-        # The scanner checked each of these against the allowlist; skops wants them named.
-        trusted = list(scan.skops_untrusted_types)
     result = sandbox.run_inspection(
         path,
         fmt=fmt,
         env=env,
         example=example_rows,
         columns=example_columns,
-        trusted=trusted,
         allowlist=allowlist_path,
         timeout=settings.PORTAL_SANDBOX_TIMEOUT,
         memory_mb=settings.PORTAL_SANDBOX_MEMORY_MB,

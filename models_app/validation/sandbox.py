@@ -178,7 +178,6 @@ def run_inspection(
     env: EnvInfo,
     example: list | None = None,
     columns: list | None = None,
-    trusted: list[str] | None = None,
     allowlist: str | os.PathLike[str] | None = None,
     loader_dir: str | os.PathLike[str] | None = None,
     timeout: float = 60,
@@ -254,7 +253,7 @@ def run_inspection(
         options = indir / "options.json"
         options.write_text(
             json.dumps(
-                {"example": example, "columns": columns, "trusted": trusted,
+                {"example": example, "columns": columns,
                  "max_rows": max_rows, "allowlist": listed}
             )
         )  # fmt: skip
