@@ -13,7 +13,7 @@ import logging
 import random
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from django.conf import settings
 from django.db import DatabaseError
@@ -138,7 +138,7 @@ def address_verdict(call: Call) -> None:
         raise _too_many_bad_keys(wait)
 
 
-def bad_key(call: Call, error: str = "invalid, expired or revoked API key") -> None:
+def bad_key(call: Call, error: str = "invalid, expired or revoked API key") -> NoReturn:
     """Refuse an invalid (or missing) key, unlogged: 401, or 429 once its address is over
     the limit."""
     wait = keys.bad_key_note(client_ip(call.request))
@@ -166,7 +166,7 @@ def _authenticate(request: HttpRequest, call: Call) -> keys.KeyInfo | None:
             bad_key(call)
         return key_verdict(info, call)
     user = request.user
-    if not user.is_authenticated:  # no more ours to log than an invalid key
+    if not user.is_authenticated:  # like an invalid key: counted, not logged under its name
         address_verdict(call)
         bad_key(call, "authentication required: send an API key as 'Authorization: Bearer <key>'")
     # Browser sessions are subject to CSRF like any form post.
