@@ -66,6 +66,29 @@ def test_depth_prescan_agrees_with_the_decoder(text):
         assert jsonlimits.depth_exceeds(text, depth - 1)
 
 
+def test_depth_prescan_agrees_with_the_decoder_on_random_documents():
+    import json
+    import random
+
+    rng = random.Random(11)  # noqa: S311 - reproducible test data, not secrets
+    alphabet = ['"', "\\", "[", "]", "{", "}", "a", ",", ":", " ", "\u00e9"]
+
+    def make(level: int):
+        roll = rng.random()
+        if level > 12 or roll < 0.3:
+            return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6)))
+        if roll < 0.65:
+            return [make(level + 1) for _ in range(rng.randint(0, 3))]
+        return {make(99): make(level + 1) for _ in range(rng.randint(0, 3))}
+
+    for _ in range(500):
+        text = json.dumps(make(0), ensure_ascii=rng.random() < 0.5).encode()
+        depth = _depth(json.loads(text))
+        assert not jsonlimits.depth_exceeds(text, depth), text
+        if depth:
+            assert jsonlimits.depth_exceeds(text, depth - 1), text
+
+
 def test_depth_prescan_is_linear_on_hostile_strings():
     import time
 
