@@ -252,10 +252,11 @@ def audit_verify(*, batch_size: int = 2000, from_checkpoint: bool = False) -> Ch
     except CheckpointError as exc:
         return ChainReport(False, 0, None, str(exc))
     if checkpoint is not None and not checkpoint.genuine():
-        return ChainReport(
-            False, 0, None, "the latest checkpoint's signature does not match the audit key "
-            "(a forged checkpoint, or PORTAL_AUDIT_KEY changed)",
-        )  # fmt: skip
+        reason = (
+            "the latest checkpoint's signature does not match the audit key "
+            "(a forged checkpoint, or PORTAL_AUDIT_KEY changed)"
+        )
+        return ChainReport(False, 0, None, reason)
     summary = checkpoint.summary() if checkpoint else None
     current = key_id()
     previous, checked, unsigned, signed_seen = GENESIS_HASH, 0, 0, False
@@ -327,6 +328,7 @@ def audit_checkpoint(*, actor: Actor, full: bool = False) -> tuple[ChainReport, 
     """Verify the chain (since the last checkpoint, or `full`y), record that in the chain and,
     when it holds, append a checkpoint of the head (that new event) outside the database."""
     report = audit_verify(from_checkpoint=not full)
+    details = {"checked": report.checked, "broken_id": report.broken_id, "reason": report.reason}
     with transaction.atomic():
         event = audit_record(
             actor=actor,
@@ -334,9 +336,8 @@ def audit_checkpoint(*, actor: Actor, full: bool = False) -> tuple[ChainReport, 
             target_type="audit",
             target_name="chain",
             outcome=AuditEvent.Outcome.SUCCESS if report.ok else AuditEvent.Outcome.FAILURE,
-            details={"checked": report.checked, "broken_id": report.broken_id,
-                     "reason": report.reason},
-        )  # fmt: skip
+            details=details,
+        )
         # Still under the writers' lock: no row can come between this event and its count.
         count = AuditEvent.objects.filter(pk__lte=event.pk).count()
     if not report.ok:
