@@ -80,11 +80,6 @@ def _spec(entry: dict, pins: dict, tmp: Path, *, version: int, labels: dict) -> 
     artifact = tmp / entry["file"]
     if not artifact.exists():
         shutil.copyfile(FIXTURES / entry["file"], artifact)
-    trusted = None
-    if entry["format"] == "skops":
-        import skops.io
-
-        trusted = skops.io.get_untrusted_types(file=artifact)
     return BuildSpec(
         deployment=f"bench-{labels['portal.bench.run']}-{entry['name']}",
         model=f"bench-{entry['name']}",
@@ -94,7 +89,6 @@ def _spec(entry: dict, pins: dict, tmp: Path, *, version: int, labels: dict) -> 
         fmt=entry["format"],
         requirements=pins,
         columns=entry["columns"],
-        skops_trusted=trusted,
         base_image=ARGS.base_image,
         wheelhouse=Path(ARGS.wheelhouse),
         server_dir=SERVER_DIR,

@@ -68,12 +68,6 @@ def _manifest() -> dict:
     return {e["name"]: e for e in json.loads((FIXTURES / "manifest.json").read_text())}
 
 
-def _skops_untrusted(path: Path) -> list[str]:
-    import skops.io
-
-    return skops.io.get_untrusted_types(file=path)
-
-
 def _spec(tmp: Path, name: str, *, deployment: str, version: int = 1) -> BuildSpec:
     entry = _manifest()[name]
     artifact = tmp / entry["file"]
@@ -88,7 +82,6 @@ def _spec(tmp: Path, name: str, *, deployment: str, version: int = 1) -> BuildSp
         requirements=PINS_191,
         columns=entry["columns"] if name == "spam" else None,
         # What the portal's validation reports and an approver accepts for a skops file.
-        skops_trusted=_skops_untrusted(artifact) if entry["format"] == "skops" else None,
         base_image=BASE_IMAGE,
         wheelhouse=Path(settings.PORTAL_WHEELHOUSE),
         server_dir=SERVER_DIR,
