@@ -361,6 +361,11 @@ def dct(*pairs: tuple[bytes, bytes]) -> bytes:
     return EMPTY_DICT + MARK + b"".join(k + v for k, v in pairs) + SETITEMS
 
 
+def reconstructed(cls: bytes) -> bytes:
+    """copyreg._reconstructor(cls, object, None): how protocols 0-2 make an instance."""
+    return glob("copyreg", "_reconstructor") + tup(cls, glob("builtins", "object"), NONE) + REDUCE
+
+
 def np_core() -> str:
     return "numpy._core.multiarray" if np.__version__ >= "2" else "numpy.core.multiarray"
 
@@ -419,11 +424,7 @@ def str_subclass_state_key(marker: Path) -> bytes:
     """BUILD with a key that is a numpy.str_ (a str subclass) spelling __class__: the object
     becomes another (allowed) class after the scanner judged it."""
     key = glob("numpy", "str_") + tup(binunicode("__class__")) + REDUCE
-    obj = (
-        glob("copyreg", "_reconstructor")
-        + tup(glob("sklearn.dummy", "DummyClassifier"), glob("builtins", "object"), NONE)
-        + REDUCE
-    )
+    obj = reconstructed(glob("sklearn.dummy", "DummyClassifier"))
     state = tup(NONE, dct((key, glob("sklearn.dummy", "DummyRegressor"))))
     return PROTO2 + obj + state + BUILD + STOP
 
@@ -435,11 +436,7 @@ def state_made_by_call(marker: Path) -> bytes:
         EMPTY_LIST + MARK + tup(binunicode("__class__"), glob("sklearn.dummy", "DummyRegressor"))
     )
     state = glob("collections", "OrderedDict") + tup(pairs + APPENDS) + REDUCE
-    obj = (
-        glob("copyreg", "_reconstructor")
-        + tup(glob("sklearn.dummy", "DummyClassifier"), glob("builtins", "object"), NONE)
-        + REDUCE
-    )
+    obj = reconstructed(glob("sklearn.dummy", "DummyClassifier"))
     return PROTO2 + obj + state + BUILD + STOP
 
 
@@ -483,11 +480,7 @@ def allowed_function_called(marker: Path) -> bytes:
         + tup(EMPTY_LIST, EMPTY_LIST)
         + REDUCE
     )
-    obj = (
-        glob("copyreg", "_reconstructor")
-        + tup(glob("sklearn.dummy", "DummyClassifier"), glob("builtins", "object"), NONE)
-        + REDUCE
-    )
+    obj = reconstructed(glob("sklearn.dummy", "DummyClassifier"))
     state = dct(
         (binunicode("constant"), call),
         (binunicode("_sklearn_version"), binunicode(SKLEARN_VERSION)),
@@ -499,7 +492,7 @@ def class_argument_made_at_load(marker: Path) -> bytes:
     """copyreg._reconstructor given a class that an earlier call returned."""
     dt = glob("numpy", "dtype") + tup(binunicode("O8"), FALSE, TRUE) + REDUCE
     cls = glob(np_core(), "scalar") + tup(dt, glob("sklearn.dummy", "DummyClassifier")) + REDUCE
-    obj = glob("copyreg", "_reconstructor") + tup(cls, glob("builtins", "object"), NONE) + REDUCE
+    obj = reconstructed(cls)
     return PROTO2 + obj + STOP
 
 
