@@ -33,6 +33,16 @@ from tests.conftest import FIXTURE_DIR, wait_for
 from tests.services import require
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
+# The portal's secret in these tests and in the production server some of them start: the
+# replicas' token derives from it, so every proxy here must share it.
+SECRET = "test-" + "x" * 50
+
+
+@pytest.fixture(autouse=True)
+def _shared_secret(settings):
+    settings.SECRET_KEY = SECRET
+
+
 MODELS = {"house": "house_price_linreg.pkl", "spam": "spam_pipeline.joblib"}
 
 
@@ -42,10 +52,12 @@ def served(tmp_path_factory, django_db_blocker):
     from django.conf import settings
 
     try:
-        from deployments_app.runtimes import get_runtime
+        from deployments_app.runtimes.docker_runtime import DockerRuntime
 
-        # As the portal builds it: replicas require the token only the proxy sends.
-        runtime = get_runtime("docker")
+        # With the portal's key: replicas require the token only the proxy sends.
+        runtime = DockerRuntime(
+            state_root=tmp_path_factory.mktemp("served-sockets"), token_key=SECRET
+        )
         ok = runtime.ping()
     except Exception:  # noqa: BLE001
         ok = False
@@ -778,7 +790,7 @@ def _portal_server(tmp_path):
     env = dict(
         os.environ,
         DJANGO_DEBUG="false",
-        DJANGO_SECRET_KEY="test-" + "x" * 50,
+        DJANGO_SECRET_KEY=SECRET,
         PORTAL_AUDIT_KEY="test-audit-" + "y" * 32,
         DJANGO_ALLOWED_HOSTS="127.0.0.1",
         DJANGO_SECURE_SSL_REDIRECT="false",

@@ -216,7 +216,7 @@ def _assert_replaced(docker_client, summary, victim, entry, deployment, conditio
     serves right answers, the deployment runs, an event and one audit row say so."""
     name = deployment.name
     assert summary["converged"] >= 1
-    replacement = docker_client.containers.get(replica_name(name, 0))
+    replacement = docker_client.containers.get(replica_name(name, 0, dj_settings.PORTAL_INSTANCE))
     assert replacement.id != victim.id and replacement.status == "running"
     assert _predict_each_replica(name, entry["input_example"], entry["expected_predict"]) == 1
     deployment.refresh_from_db()
@@ -237,7 +237,7 @@ def test_replica_killed_with_docker_kill_is_replaced_by_the_reconciler(
     entry, name, client, deployment = _running_house("kill", api_client, manifest, own_containers)
     _predict_each_replica(name, entry["input_example"], entry["expected_predict"])
 
-    victim = docker_client.containers.get(replica_name(name, 0))
+    victim = docker_client.containers.get(replica_name(name, 0, dj_settings.PORTAL_INSTANCE))
     victim.kill()  # SIGKILL, as `docker kill` does
     wait_for(
         lambda: (victim.reload() or victim.status) == "exited", timeout=30, what="kill to land"
@@ -265,7 +265,7 @@ def test_hanging_replica_is_replaced_by_the_reconciler_before_docker_notices(
     settings.PORTAL_LIVENESS_TRIES = 2
     entry, name, client, deployment = _running_house("hang", api_client, manifest, own_containers)
 
-    victim = docker_client.containers.get(replica_name(name, 0))
+    victim = docker_client.containers.get(replica_name(name, 0, dj_settings.PORTAL_INSTANCE))
 
     def docker_health() -> str:
         victim.reload()
@@ -296,7 +296,7 @@ def test_replica_whose_image_was_pruned_is_rebuilt_and_replaced(
     docker_client = _docker_or_skip()
     entry, name, client, deployment = _running_house("pruned", api_client, manifest, own_containers)
     build = Build.objects.filter(deployment=deployment, status="succeeded").latest("id")
-    victim = docker_client.containers.get(replica_name(name, 0))
+    victim = docker_client.containers.get(replica_name(name, 0, dj_settings.PORTAL_INSTANCE))
     docker_client.images.remove(build.image_ref, force=True)  # untagged; the container runs on
     victim.kill()
     wait_for(
@@ -305,7 +305,7 @@ def test_replica_whose_image_was_pruned_is_rebuilt_and_replaced(
 
     services.reconcile()
 
-    replacement = docker_client.containers.get(replica_name(name, 0))
+    replacement = docker_client.containers.get(replica_name(name, 0, dj_settings.PORTAL_INSTANCE))
     assert replacement.id != victim.id and replacement.status == "running"
     assert _predict_each_replica(name, entry["input_example"], entry["expected_predict"]) == 1
     assert DeploymentEvent.objects.filter(
