@@ -2,13 +2,20 @@
 
 `DJANGO_*` variables configure Django itself, `PORTAL_*` configure the portal. Without
 `DATABASE_URL`, `CELERY_BROKER_URL` or a Docker daemon the portal runs on embedded defaults
-(SQLite, kombu's filesystem transport, the `process` runtime). With `DJANGO_DEBUG=false` it
-refuses to start without a secret key and allowed hosts.
+(SQLite, kombu's filesystem transport, the `process` runtime). Debug is off unless
+`DJANGO_DEBUG=true`. Without `DJANGO_ALLOWED_HOSTS` the portal runs in local mode: it answers
+local host names only, over plain http, with a secret key it makes once under the data dir.
+Naming the hosts is serving for real: then it refuses to start without strong secrets and
+insists on HTTPS (redirect, secure cookies, HSTS).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import secrets
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,35 +26,7 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
 
-DEBUG = env.bool("DJANGO_DEBUG", default=True)
-
-if DEBUG:
-    # A development-only key: production refuses to start without DJANGO_SECRET_KEY.
-    SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="dev-insecure-key-not-for-production")
-    ALLOWED_HOSTS = env.list(
-        "DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", "testserver"]
-    )
-else:
-    SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="")
-    ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=[])
-    if len(SECRET_KEY) < 50:
-        raise ImproperlyConfigured(
-            "DJANGO_SECRET_KEY must be set to a random string of at least 50 characters "
-            "when DJANGO_DEBUG=false"
-        )
-    if not ALLOWED_HOSTS:
-        raise ImproperlyConfigured("DJANGO_ALLOWED_HOSTS must be set when DJANGO_DEBUG=false")
-
-CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
-
-# The audit chain's HMAC key lives outside the database (portal.audit). Like the secret key,
-# production requires it; development makes a key file once under the data dir.
-PORTAL_AUDIT_KEY = env.str("PORTAL_AUDIT_KEY", default="")
-if not DEBUG and len(PORTAL_AUDIT_KEY) < 32:
-    raise ImproperlyConfigured(
-        "PORTAL_AUDIT_KEY must be set to a random string of at least 32 characters "
-        "when DJANGO_DEBUG=false (keep it outside the database and its backups)"
-    )
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -100,6 +79,51 @@ TEMPLATES = [
 
 # --- Storage -------------------------------------------------------------------------------
 PORTAL_DATA_DIR = Path(env.str("PORTAL_DATA_DIR", default=str(BASE_DIR / "var")))
+
+
+def _key_file(path: Path) -> str:
+    """A random key made once in `path` (mode 0600); racing processes all read the first."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+        try:
+            os.write(fd, secrets.token_urlsafe(48).encode())
+            os.close(fd)
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            os.unlink(tmp)
+    return path.read_text().strip()
+
+
+# --- Secrets, hosts, HTTPS -----------------------------------------------------------------
+LOCAL_HOSTS = ["localhost", "127.0.0.1", "[::1]"]
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=[])
+# Local mode (`make run` on a fresh clone): no host names configured, so only local names
+# are answered and only over plain http. Naming hosts means serving others: secrets required.
+LOCAL_MODE = not ALLOWED_HOSTS
+ALLOWED_HOSTS = ALLOWED_HOSTS or LOCAL_HOSTS
+SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="")
+if not SECRET_KEY and (LOCAL_MODE or DEBUG):
+    SECRET_KEY = _key_file(
+        Path(env.str("PORTAL_SECRET_KEY_FILE", default=str(PORTAL_DATA_DIR / "secret.key")))
+    )
+if not DEBUG and len(SECRET_KEY) < 50:
+    raise ImproperlyConfigured(
+        "DJANGO_SECRET_KEY must be set to a random string of at least 50 characters "
+        "when DJANGO_DEBUG=false and DJANGO_ALLOWED_HOSTS is set"
+    )
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+
+# The audit chain's HMAC key lives outside the database (portal.audit). Like the secret key,
+# serving for real requires it; local mode and debug make a key file once under the data dir.
+PORTAL_AUDIT_KEY = env.str("PORTAL_AUDIT_KEY", default="")
+if not DEBUG and (PORTAL_AUDIT_KEY or not LOCAL_MODE) and len(PORTAL_AUDIT_KEY) < 32:
+    raise ImproperlyConfigured(
+        "PORTAL_AUDIT_KEY must be set to a random string of at least 32 characters "
+        "when DJANGO_DEBUG=false and DJANGO_ALLOWED_HOSTS is set "
+        "(keep it outside the database and its backups)"
+    )
 PORTAL_ARTIFACT_DIR = Path(
     env.str("PORTAL_ARTIFACT_DIR", default=str(PORTAL_DATA_DIR / "artifacts"))
 )
@@ -290,14 +314,17 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 
 # --- Security ------------------------------------------------------------------------------
 SESSION_COOKIE_HTTPONLY = True
-SESSION_COOKIE_SECURE = not DEBUG
-CSRF_COOKIE_SECURE = not DEBUG
+# HTTPS is insisted on when serving named hosts; local mode is plain http on this machine
+# (a browser on http://127.0.0.1:8000 would never send a secure cookie back).
+_HTTPS = not DEBUG and not LOCAL_MODE
+SESSION_COOKIE_SECURE = _HTTPS
+CSRF_COOKIE_SECURE = _HTTPS
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
-SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=not DEBUG)
-SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=0 if DEBUG else 31536000)
-SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
+SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=_HTTPS)
+SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=31536000 if _HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = _HTTPS
 SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=False)
 if env.bool("DJANGO_BEHIND_PROXY", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

@@ -24,6 +24,42 @@ if not FIXTURE_DIR.exists():  # CI lays shared/ beside the clone; a session has 
 ROLES = ("viewer", "deployer", "approver", "admin")
 
 
+def _run_names() -> None:
+    """Names of this run alone, so a developer's `make run` (instance `portal`) and this
+    suite, or two suites, share a Docker engine and a PostgreSQL server without removing each
+    other's replicas or dropping each other's test database. Workers the suite starts inherit
+    the instance through the environment."""
+    from django.conf import settings as dj_settings
+
+    instance = os.environ.get("PORTAL_INSTANCE") or f"t{uuid.uuid4().hex[:8]}"
+    os.environ["PORTAL_INSTANCE"] = dj_settings.PORTAL_INSTANCE = instance
+    db = dj_settings.DATABASES["default"]  # the dict the connection reads its test name from
+    if db["ENGINE"].endswith("sqlite3"):
+        db.setdefault("TEST", {})["NAME"] = str(
+            dj_settings.PORTAL_DATA_DIR / f"test-{instance}.sqlite3"
+        )
+    elif not os.environ.get("PORTAL_TEST_DATABASE"):
+        db.setdefault("TEST", {})["NAME"] = f"test_portal_{instance.replace('-', '_')}"
+
+
+_run_names()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _plain_static_storage():
+    """Pages render {% static %} without a collectstatic manifest (debug is off by default);
+    the manifest storage itself is tested by tests/portal/test_production.py."""
+    from django.test import override_settings
+
+    with override_settings(
+        STORAGES={
+            "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+            "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+        }
+    ):
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _fresh_proxy_cache():
     """The proxy caches deployments per process for a second; tests recreate rows often."""
@@ -104,6 +140,14 @@ def _isolated_storage(settings, tmp_path):
     settings.FILE_UPLOAD_TEMP_DIR = str(tmp_path / "uploads")
     (tmp_path / "uploads").mkdir()
     (tmp_path / "artifacts").mkdir()
+
+
+@pytest.fixture(autouse=True)
+def _approval_not_required(settings):
+    """PORTAL_REQUIRE_APPROVAL is on by default; tests about deploying (not about approval)
+    deploy pending versions. Tests of the gate turn it back on (tests/models_app/
+    test_governance.py); a rejected version never deploys either way."""
+    settings.PORTAL_REQUIRE_APPROVAL = False
 
 
 @pytest.fixture

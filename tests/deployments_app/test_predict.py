@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from django.conf import settings as dj_settings
 from django.utils import timezone
 
 from deployments_app.models import ApiKey, Deployment, PredictionLog, Replica
@@ -56,7 +57,9 @@ def served(tmp_path_factory, django_db_blocker):
 
         # With the portal's key: replicas require the token only the proxy sends.
         runtime = DockerRuntime(
-            state_root=tmp_path_factory.mktemp("served-sockets"), token_key=SECRET
+            state_root=tmp_path_factory.mktemp("served-sockets"),
+            token_key=SECRET,
+            instance=settings.PORTAL_INSTANCE,  # this run's name: no other portal removes them
         )
         ok = runtime.ping()
     except Exception:  # noqa: BLE001
@@ -488,7 +491,11 @@ def test_every_call_is_logged_with_outcome(client, world, key_for):
     ok, bad = logs
     assert ok.version_number == 1 and ok.rows == 1 and ok.upstream_ms > 0
     assert ok.latency_ms >= ok.upstream_ms and len(ok.input_sha256) == 64
-    assert ok.caller and ok.api_key_prefix and ok.replica.startswith("portal-ptest-house")
+    assert (
+        ok.caller
+        and ok.api_key_prefix
+        and ok.replica.startswith(f"{dj_settings.PORTAL_INSTANCE}-ptest-house")
+    )
     assert ok.payload is None  # capture is off by default
     assert "expected 3 features" in bad.error
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -33,10 +34,63 @@ def test_production_refuses_to_start_without_secret_key(tmp_path):
     assert "DJANGO_SECRET_KEY" in result.stderr
 
 
-def test_production_refuses_to_start_without_allowed_hosts(tmp_path):
-    result = _run(["check"], {"DJANGO_DEBUG": "false", "DJANGO_SECRET_KEY": "x" * 60}, tmp_path)
+def _settings(env_extra: dict[str, str], tmp_path: Path) -> dict:
+    names = [
+        "DEBUG",
+        "ALLOWED_HOSTS",
+        "SECRET_KEY",
+        "SECURE_SSL_REDIRECT",
+        "SESSION_COOKIE_SECURE",
+        "CSRF_COOKIE_SECURE",
+        "SECURE_HSTS_SECONDS",
+    ]
+    code = (
+        "import json; from django.conf import settings as s; "
+        f"print(json.dumps({{n: getattr(s, n) for n in {names!r}}}))"
+    )
+    result = _run(["shell", "-c", code], env_extra, tmp_path)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_with_no_settings_debug_is_off_and_only_local_names_over_http_are_served(tmp_path):
+    """A fresh clone's `make run`: production mode, a key made once (0600), local names,
+    plain http (no redirect to https, cookies a browser sends back over http)."""
+    first = _settings({}, tmp_path)
+    key_file = tmp_path / "secret.key"
+    assert first["DEBUG"] is False
+    assert first["ALLOWED_HOSTS"] == ["localhost", "127.0.0.1", "[::1]"]
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert first["SECRET_KEY"] == key_file.read_text().strip() and len(first["SECRET_KEY"]) >= 50
+    assert first["SECURE_SSL_REDIRECT"] is False and first["SECURE_HSTS_SECONDS"] == 0
+    assert first["SESSION_COOKIE_SECURE"] is first["CSRF_COOKIE_SECURE"] is False
+    assert _settings({}, tmp_path)["SECRET_KEY"] == first["SECRET_KEY"]  # made once, kept
+
+
+def test_debug_is_opt_in(tmp_path):
+    assert _settings({"DJANGO_DEBUG": "true"}, tmp_path)["DEBUG"] is True
+
+
+def test_named_hosts_get_https_redirect_secure_cookies_and_hsts(tmp_path):
+    served = _settings(
+        {
+            "DJANGO_SECRET_KEY": "k3y-" + "a1B2c3D4e5F6g7H8i9J0" * 3,
+            "DJANGO_ALLOWED_HOSTS": "portal.example",
+            "PORTAL_AUDIT_KEY": "audit-" + "z9Y8x7W6v5" * 4,
+        },
+        tmp_path,
+    )
+    assert served["ALLOWED_HOSTS"] == ["portal.example"]
+    assert served["SECURE_SSL_REDIRECT"] is True and served["SECURE_HSTS_SECONDS"] > 0
+    assert served["SESSION_COOKIE_SECURE"] is served["CSRF_COOKIE_SECURE"] is True
+    assert not (tmp_path / "secret.key").exists()
+
+
+@pytest.mark.parametrize("variable", ["DJANGO_SECRET_KEY", "PORTAL_AUDIT_KEY"])
+def test_local_mode_refuses_an_explicitly_weak_key(tmp_path, variable):
+    result = _run(["check"], {variable: "short"}, tmp_path)
     assert result.returncode != 0
-    assert "DJANGO_ALLOWED_HOSTS" in result.stderr
+    assert variable in result.stderr
 
 
 @pytest.mark.parametrize("secret", ["short", ""])
