@@ -26,6 +26,7 @@ from deployments_app.runtimes import (
     runtime_name,
 )
 from deployments_app.runtimes.base import BuildResult, BuildSpec, ReplicaLimits, probe_health
+from models_app.governance import deploy_refusal
 from models_app.models import ModelVersion
 from models_app.storage import artifact_path
 from portal.audit import Actor, audit_record
@@ -119,8 +120,8 @@ def deployment_launch(
     from models_app.services import _check_name
 
     _check_name(name)
-    if version.status != ModelVersion.Status.READY:
-        raise ConflictError(f"{version} is {version.status}: only ready versions can be deployed")
+    if refusal := deploy_refusal(version):
+        raise ConflictError(refusal)
     _check_limits(replicas, memory_mb, cpus)
     runtime = runtime or _default_runtime()
     if runtime not in ("docker", "process"):
@@ -228,8 +229,8 @@ def deployment_update(
     """Move to another version of the same model: build, start new, switch, stop old."""
     if version.model_id != deployment.model_id:
         raise ApplicationError("a deployment can only move to another version of its model")
-    if version.status != ModelVersion.Status.READY:
-        raise ConflictError(f"{version} is {version.status}: only ready versions can be deployed")
+    if refusal := deploy_refusal(version):
+        raise ConflictError(refusal)
     if version.pk == deployment.version_id:
         raise ConflictError(f"the deployment already serves v{version.number}")
     if deployment.state not in (State.RUNNING, State.DEGRADED):

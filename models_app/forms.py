@@ -58,7 +58,17 @@ class UploadForm(forms.Form):
 
 class ApprovalForm(forms.Form):
     decision = forms.ChoiceField(choices=[("approve", "Approve"), ("reject", "Reject")])
-    comment = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+    comment = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 2}),
+        required=False,
+        help_text="Required to reject: say why.",
+    )
+
+    def clean(self) -> dict:
+        data = super().clean()
+        if data.get("decision") == "reject" and not (data.get("comment") or "").strip():
+            self.add_error("comment", "Rejecting a version needs a comment saying why.")
+        return data
 
 
 class AliasForm(forms.Form):

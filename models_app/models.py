@@ -20,6 +20,8 @@ class RegisteredModel(models.Model):
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # Archived: hidden from lists unless asked for, never deployed; the artifacts stay.
+    archived_at = models.DateTimeField(null=True, blank=True, db_index=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -37,7 +39,9 @@ class ModelVersion(models.Model):
         UPLOADED = "uploaded", "Uploaded"
         VALIDATING = "validating", "Validating"
         READY = "ready", "Ready"
-        REJECTED = "rejected", "Rejected"
+        # Failed validation (set by the pipeline). "Rejected" is an approver's decision and
+        # lives in `approval`, so the two never read the same.
+        INVALID = "invalid", "Invalid"
 
     class Approval(models.TextChoices):
         PENDING = "pending", "Pending"
@@ -87,6 +91,7 @@ class ModelVersion(models.Model):
     )
     approval_at = models.DateTimeField(null=True, blank=True)
     approval_comment = models.TextField(blank=True)
+    archived_at = models.DateTimeField(null=True, blank=True, db_index=True)
     uploaded_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

@@ -1,4 +1,5 @@
-"""Registry business logic: upload, validate, approve, alias. Every change is audited."""
+"""Registry business logic: upload, validate, approve, alias, archive, delete. Every change is
+audited."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import F, Max, Q
+from django.db.models import F, Max, ProtectedError, Q
 from django.utils import timezone
 
 from models_app.models import NAME_VALIDATOR, ModelAlias, ModelVersion, RegisteredModel
@@ -180,7 +181,7 @@ def model_version_validate(*, version_id: int, request_id: str = "") -> ModelVer
 
     Claims the version with a compare-and-set (uploaded, or validating with a quiet
     heartbeat -> validating), so a duplicate message never validates a version twice at
-    once; a version already ready or rejected is left alone.
+    once; a version already ready or invalid is left alone.
     """
     from models_app.validation.pipeline import validate_artifact
 
@@ -196,7 +197,7 @@ def model_version_validate(*, version_id: int, request_id: str = "") -> ModelVer
     if not claimed:
         version = ModelVersion.objects.filter(pk=version_id).first()
         if ModelVersion.objects.filter(_claimable(), pk=version_id).exists():
-            return model_version_reject(
+            return model_version_invalidate(
                 version=version,
                 request_id=request_id,
                 reason=f"validation did not finish after {MAX_VALIDATION_ATTEMPTS} attempts",
@@ -214,7 +215,7 @@ def model_version_validate(*, version_id: int, request_id: str = "") -> ModelVer
             example_columns=example.get("columns"),
         )
     if not outcome.ok:
-        return model_version_reject(
+        return model_version_invalidate(
             version=version, request_id=request_id, reason=outcome.reason, report=outcome.report
         )
     with transaction.atomic():
@@ -280,12 +281,13 @@ def model_version_requeue_stale(*, older_than_seconds: float, request_id: str = 
     return requeued
 
 
-def model_version_reject(
+def model_version_invalidate(
     *, version: ModelVersion, reason: str, report: dict[str, Any], request_id: str = ""
 ) -> ModelVersion:
+    """Validation failed: the version is `invalid` (not "rejected", an approver's word)."""
     with transaction.atomic():
         ModelVersion.objects.filter(pk=version.pk).update(
-            status=ModelVersion.Status.REJECTED,
+            status=ModelVersion.Status.INVALID,
             rejection_reason=reason[:5000],
             report=report,
             validated_at=timezone.now(),
@@ -293,7 +295,7 @@ def model_version_reject(
         version.refresh_from_db()
         audit_record(
             actor=Actor.system("validator", request_id),
-            action="model_version.rejected",
+            action="model_version.invalid",
             target=version,
             outcome="failure",
             details={"reason": reason[:1000]},
@@ -304,11 +306,15 @@ def model_version_reject(
 def model_version_approve(
     *, version: ModelVersion, user: Any, actor: Actor, approve: bool, comment: str = ""
 ) -> ModelVersion:
-    """Approve or reject a ready version. Nobody approves their own upload."""
+    """Approve or reject a ready version. Nobody approves their own upload; a rejection says
+    why (the comment), so the uploader and later readers know."""
     if version.status != ModelVersion.Status.READY:
         raise ConflictError(f"only ready versions can be reviewed; this one is {version.status}")
     if version.uploaded_by_id is not None and version.uploaded_by_id == user.pk:
         raise PermissionDeniedError("you uploaded this version: another approver must review it")
+    comment = comment.strip()
+    if not approve and not comment:
+        raise ApplicationError("rejecting a version needs a comment saying why")
     with transaction.atomic():
         version.approval = (
             ModelVersion.Approval.APPROVED if approve else ModelVersion.Approval.REJECTED
@@ -377,3 +383,101 @@ def model_alias_delete(*, model: RegisteredModel, name: str, actor: Actor) -> No
 
 def max_upload_mb() -> int:
     return settings.PORTAL_MAX_UPLOAD_MB
+
+
+# --------------------------------------------------------------------------- archive, delete
+
+
+def _archive_target(
+    target: RegisteredModel | ModelVersion, *, archived: bool, actor: Actor
+) -> None:
+    kind = "model" if isinstance(target, RegisteredModel) else "model_version"
+    with transaction.atomic():
+        changed = (
+            type(target)
+            .objects.filter(pk=target.pk, archived_at__isnull=archived)
+            .update(archived_at=timezone.now() if archived else None)
+        )
+        target.refresh_from_db(fields=["archived_at"])
+        if not changed:
+            return  # already so: nothing happened, nothing to audit
+        audit_record(
+            actor=actor, action=f"{kind}.{'archived' if archived else 'unarchived'}", target=target
+        )
+
+
+def model_archive(*, model: RegisteredModel, actor: Actor, archived: bool = True) -> None:
+    """Hide a model (and so all its versions) from lists and deploys; artifacts stay."""
+    _archive_target(model, archived=archived, actor=actor)
+
+
+def model_version_archive(*, version: ModelVersion, actor: Actor, archived: bool = True) -> None:
+    """Hide a version from lists and deploys; its artifact stays (it can be unarchived)."""
+    _archive_target(version, archived=archived, actor=actor)
+
+
+def _protected_message(what: str, exc: ProtectedError) -> str:
+    names = sorted({str(getattr(o, "deployment", o)) for o in exc.protected_objects})
+    return (
+        f"{what} is still referenced by deployment(s) {', '.join(names)} (serving it, kept as "
+        "the version to roll back to, or holding its build): delete those deployments first"
+    )
+
+
+def model_version_delete(*, version: ModelVersion, actor: Actor) -> None:
+    """Delete a version nothing serves, its aliases, and its artifact unless another version
+    holds the same bytes. Deployments protect the versions they reference."""
+    sha = version.artifact_sha256
+    name = str(version)
+    try:
+        with transaction.atomic():
+            audit_record(
+                actor=actor,
+                action="model_version.deleted",
+                target=version,
+                details={"sha256": sha, "aliases": sorted(a.name for a in version.aliases.all())},
+            )
+            version.aliases.all().delete()
+            version.delete()
+            transaction.on_commit(lambda: _artifacts_discard([sha]))
+    except ProtectedError as exc:
+        raise ConflictError(_protected_message(name, exc)) from exc
+
+
+def model_delete(*, model: RegisteredModel, actor: Actor) -> None:
+    """Delete a model with all its versions and aliases when no deployment references it."""
+    versions = list(model.versions.all())
+    shas = [v.artifact_sha256 for v in versions]
+    try:
+        with transaction.atomic():
+            audit_record(
+                actor=actor,
+                action="model.deleted",
+                target=model,
+                details={"versions": [v.number for v in versions]},
+            )
+            model.aliases.all().delete()
+            for version in versions:
+                audit_record(
+                    actor=actor,
+                    action="model_version.deleted",
+                    target=version,
+                    details={"sha256": version.artifact_sha256, "with_model": True},
+                )
+                version.delete()
+            model.delete()
+            transaction.on_commit(lambda: _artifacts_discard(shas))
+    except ProtectedError as exc:
+        raise ConflictError(_protected_message(f"model '{model.name}'", exc)) from exc
+
+
+def _artifacts_discard(shas: list[str]) -> None:
+    """Remove the artifact files no remaining version shares (storage is content-addressed:
+    another model may hold the same bytes)."""
+    kept = set(
+        ModelVersion.objects.filter(artifact_sha256__in=shas).values_list(
+            "artifact_sha256", flat=True
+        )
+    )
+    for sha in set(shas) - kept:
+        artifact_path(sha).unlink(missing_ok=True)

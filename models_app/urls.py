@@ -18,4 +18,16 @@ urlpatterns = [
         name="version-approve",
     ),
     path("models/<str:name>/versions/<int:number>/alias", views.alias_set, name="alias-set"),
+    path("models/<str:name>/archive", views.model_archive, name="model-archive"),
+    path("models/<str:name>/delete", views.model_delete, name="model-delete"),
+    path(
+        "models/<str:name>/versions/<int:number>/archive",
+        views.version_archive,
+        name="version-archive",
+    ),
+    path(
+        "models/<str:name>/versions/<int:number>/delete",
+        views.version_delete,
+        name="version-delete",
+    ),
 ]

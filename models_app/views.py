@@ -11,6 +11,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from models_app import selectors, services
 from models_app.forms import AliasForm, ApprovalForm, UploadForm
+from models_app.governance import deploy_refusal
 from models_app.storage import artifact_path
 from models_app.uploads import install_upload_limit, upload_too_large
 from portal.audit import Actor, audit_record
@@ -22,10 +23,15 @@ from portal.permissions import capability_required
 @capability_required("view")
 def model_list(request: HttpRequest) -> HttpResponse:
     search = request.GET.get("q", "").strip()
+    archived = request.GET.get("archived") == "1"
     return render(
         request,
         "models_app/model_list.html",
-        {"models": selectors.model_list(search=search), "q": search},
+        {
+            "models": selectors.model_list(search=search, include_archived=archived),
+            "q": search,
+            "show_archived": archived,
+        },
     )
 
 
@@ -33,12 +39,14 @@ def model_list(request: HttpRequest) -> HttpResponse:
 @capability_required("view")
 def model_detail(request: HttpRequest, name: str) -> HttpResponse:
     model = selectors.model_get(name=name)
+    archived = request.GET.get("archived") == "1"
     return render(
         request,
         "models_app/model_detail.html",
         {
             "model": model,
-            "versions": selectors.version_list(model=model),
+            "versions": selectors.version_list(model=model, include_archived=archived),
+            "show_archived": archived,
             "aliases": model.aliases.select_related("version").order_by("name"),
         },
     )
@@ -57,6 +65,7 @@ def version_detail(request: HttpRequest, name: str, number: int) -> HttpResponse
             "approval_form": ApprovalForm(),
             "alias_form": AliasForm(),
             "can_review": request.user.pk != version.uploaded_by_id,
+            "deploy_refusal": deploy_refusal(version),
         },
     )
 
@@ -158,7 +167,7 @@ def version_approve(request: HttpRequest, name: str, number: int) -> HttpRespons
         except ApplicationError as exc:
             messages.error(request, exc.message)
     else:
-        messages.error(request, "Choose approve or reject.")
+        messages.error(request, " ".join(m for ms in form.errors.values() for m in ms))
     return redirect("version-detail", name, number)
 
 
@@ -185,3 +194,56 @@ def alias_set(request: HttpRequest, name: str, number: int) -> HttpResponse:
     else:
         messages.error(request, "; ".join(form.errors.get("alias", ["invalid alias"])))
     return redirect("version-detail", name, number)
+
+
+def _archived_flag(request: HttpRequest) -> bool:
+    """The archive forms post archived=1 (archive) or archived=0 (unarchive)."""
+    return request.POST.get("archived", "1") != "0"
+
+
+@require_POST
+@capability_required("archive")
+def model_archive(request: HttpRequest, name: str) -> HttpResponse:
+    model = selectors.model_get(name=name)
+    archived = _archived_flag(request)
+    services.model_archive(model=model, actor=Actor.from_request(request), archived=archived)
+    messages.success(request, f"{model} is {'archived' if archived else 'no longer archived'}.")
+    return redirect("model-detail", name)
+
+
+@require_POST
+@capability_required("archive")
+def version_archive(request: HttpRequest, name: str, number: int) -> HttpResponse:
+    version = selectors.version_get(model_name=name, number=number)
+    archived = _archived_flag(request)
+    services.model_version_archive(
+        version=version, actor=Actor.from_request(request), archived=archived
+    )
+    messages.success(request, f"{version} is {'archived' if archived else 'no longer archived'}.")
+    return redirect("version-detail", name, number)
+
+
+@require_POST
+@capability_required("delete")
+def model_delete(request: HttpRequest, name: str) -> HttpResponse:
+    model = selectors.model_get(name=name)
+    try:
+        services.model_delete(model=model, actor=Actor.from_request(request))
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+        return redirect("model-detail", name)
+    messages.success(request, f"Model '{name}' and its versions are deleted.")
+    return redirect("model-list")
+
+
+@require_POST
+@capability_required("delete")
+def version_delete(request: HttpRequest, name: str, number: int) -> HttpResponse:
+    version = selectors.version_get(model_name=name, number=number)
+    try:
+        services.model_version_delete(version=version, actor=Actor.from_request(request))
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+        return redirect("version-detail", name, number)
+    messages.success(request, f"{name} v{number} is deleted.")
+    return redirect("model-detail", name)

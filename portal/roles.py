@@ -23,6 +23,9 @@ CAPABILITIES: dict[str, frozenset[str]] = {
     "predict": frozenset({DEPLOYER, ADMIN}),
     # approve or reject versions (never one's own upload: enforced by the service)
     "approve": frozenset({APPROVER, ADMIN}),
+    # archive (hide, never deploy) models and versions; deleting them is for admins only
+    "archive": frozenset({DEPLOYER, ADMIN}),
+    "delete": frozenset({ADMIN}),
     # see where replicas listen (socket paths): those who operate them, never viewers
     "replica_endpoints": frozenset({DEPLOYER, ADMIN}),
     # review the audit log, manage users and API keys of others

@@ -133,6 +133,8 @@ PORTAL_UPLOAD_TMP_DIR = Path(
     env.str("PORTAL_UPLOAD_TMP_DIR", default=str(PORTAL_DATA_DIR / "uploads"))
 )
 PORTAL_MAX_UPLOAD_MB = env.int("PORTAL_MAX_UPLOAD_MB", default=500)
+# Deploy, update and roll back only to versions an approver approved (a rejected one never).
+PORTAL_REQUIRE_APPROVAL = env.bool("PORTAL_REQUIRE_APPROVAL", default=True)
 PORTAL_AUDIT_KEY_FILE = Path(
     env.str("PORTAL_AUDIT_KEY_FILE", default=str(PORTAL_DATA_DIR / "audit.key"))
 )

@@ -3,7 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from portal import views
+from portal import user_views, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -16,6 +16,10 @@ urlpatterns = [
     path("audit/", views.audit_list, name="audit-list"),
     path("audit/export.csv", views.audit_export, name="audit-export"),
     path("audit/verify", views.audit_verify_run, name="audit-verify"),
+    path("users/", user_views.user_list, name="user-list"),
+    path("users/<int:user_id>/roles", user_views.user_roles, name="user-roles"),
+    path("users/<int:user_id>/active", user_views.user_active, name="user-active"),
+    path("users/<int:user_id>/password", user_views.user_password, name="user-password"),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),

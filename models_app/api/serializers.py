@@ -26,6 +26,7 @@ class ModelOutSerializer(serializers.ModelSerializer):
         fields = [
             "name",
             "description",
+            "archived_at",
             "created_at",
             "updated_at",
             "version_count",
@@ -50,6 +51,7 @@ class VersionOutSerializer(serializers.ModelSerializer):
             "approval_by",
             "approval_at",
             "approval_comment",
+            "archived_at",
             "aliases",
             "format",
             "artifact_sha256",
@@ -118,7 +120,13 @@ class VersionUploadSerializer(serializers.Serializer):
 
 class ApprovalInSerializer(serializers.Serializer):
     decision = serializers.ChoiceField(choices=["approve", "reject"])
-    comment = serializers.CharField(required=False, allow_blank=True, default="")
+    comment = serializers.CharField(
+        required=False, allow_blank=True, default="", help_text="required to reject"
+    )
+
+
+class ArchiveInSerializer(serializers.Serializer):
+    archived = serializers.BooleanField(default=True, help_text="false to unarchive")
 
 
 class AliasInSerializer(serializers.Serializer):

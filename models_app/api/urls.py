@@ -22,4 +22,10 @@ urlpatterns = [
         name="api-version-approval",
     ),
     path("models/<str:name>/aliases/<str:alias>", views.AliasApi.as_view(), name="api-alias"),
+    path("models/<str:name>/archive", views.ModelArchiveApi.as_view(), name="api-model-archive"),
+    path(
+        "models/<str:name>/versions/<int:number>/archive",
+        views.VersionArchiveApi.as_view(),
+        name="api-version-archive",
+    ),
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from django.http import FileResponse
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.generics import ListAPIView, RetrieveAPIView
 from rest_framework.parsers import FormParser, MultiPartParser
@@ -17,6 +17,7 @@ from models_app.api.serializers import (
     AliasInSerializer,
     AliasOutSerializer,
     ApprovalInSerializer,
+    ArchiveInSerializer,
     ModelOutSerializer,
     VersionDetailSerializer,
     VersionOutSerializer,
@@ -27,24 +28,61 @@ from models_app.uploads import install_upload_limit, upload_too_large
 from portal.audit import Actor, audit_record
 from portal.permissions import HasCapability
 
+ARCHIVED_PARAM = OpenApiParameter(
+    "archived", bool, description="true: archived ones are listed too (hidden by default)"
+)
 
+
+def _include_archived(request) -> bool:
+    return request.query_params.get("archived", "").lower() in ("1", "true", "yes")
+
+
+@extend_schema(parameters=[ARCHIVED_PARAM])
 class ModelListApi(ListAPIView):
     permission_classes = [HasCapability("view")]
     serializer_class = ModelOutSerializer
 
     def get_queryset(self):
         return selectors.model_list(
-            search=self.request.query_params.get("search", "")
+            search=self.request.query_params.get("search", ""),
+            include_archived=_include_archived(self.request),
         ).prefetch_related("aliases__version")
 
 
 class ModelDetailApi(RetrieveAPIView):
-    permission_classes = [HasCapability("view")]
+    """GET: one model (archived or not). DELETE (admins): the model, its versions and
+    aliases, when no deployment references them."""
+
+    permission_classes = [HasCapability("view", write="delete")]
     serializer_class = ModelOutSerializer
     lookup_field = "name"
 
     def get_queryset(self):
-        return selectors.model_list().prefetch_related("aliases__version")
+        return selectors.model_list(include_archived=True).prefetch_related("aliases__version")
+
+    @extend_schema(responses={204: None})
+    def delete(self, request, name: str):
+        services.model_delete(
+            model=selectors.model_get(name=name), actor=Actor.from_request(request)
+        )
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class ModelArchiveApi(APIView):
+    permission_classes = [HasCapability("archive")]
+
+    @extend_schema(request=ArchiveInSerializer, responses=ModelOutSerializer)
+    def post(self, request, name: str):
+        serializer = ArchiveInSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        model = selectors.model_get(name=name)
+        services.model_archive(
+            model=model,
+            actor=Actor.from_request(request),
+            archived=serializer.validated_data["archived"],
+        )
+        detail = selectors.model_list(include_archived=True).prefetch_related("aliases__version")
+        return Response(ModelOutSerializer(detail.get(pk=model.pk)).data)
 
 
 class VersionListApi(APIView):
@@ -53,10 +91,11 @@ class VersionListApi(APIView):
     permission_classes = [HasCapability("view", write="upload")]
     parser_classes = [MultiPartParser, FormParser]
 
-    @extend_schema(responses=VersionOutSerializer(many=True))
+    @extend_schema(parameters=[ARCHIVED_PARAM], responses=VersionOutSerializer(many=True))
     def get(self, request, name: str):
         model = selectors.model_get(name=name)
-        return Response(VersionOutSerializer(selectors.version_list(model=model), many=True).data)
+        versions = selectors.version_list(model=model, include_archived=_include_archived(request))
+        return Response(VersionOutSerializer(versions, many=True).data)
 
     @extend_schema(
         request={"multipart/form-data": VersionUploadSerializer},
@@ -92,13 +131,40 @@ class VersionListApi(APIView):
 
 
 class VersionDetailApi(APIView):
-    permission_classes = [HasCapability("view")]
+    """GET: one version. DELETE (admins): the version and its aliases when no deployment
+    references it; its artifact too unless another version holds the same bytes."""
+
+    permission_classes = [HasCapability("view", write="delete")]
 
     @extend_schema(responses=VersionDetailSerializer)
     def get(self, request, name: str, number: int):
         return Response(
             VersionDetailSerializer(selectors.version_get(model_name=name, number=number)).data
         )
+
+    @extend_schema(responses={204: None})
+    def delete(self, request, name: str, number: int):
+        services.model_version_delete(
+            version=selectors.version_get(model_name=name, number=number),
+            actor=Actor.from_request(request),
+        )
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class VersionArchiveApi(APIView):
+    permission_classes = [HasCapability("archive")]
+
+    @extend_schema(request=ArchiveInSerializer, responses=VersionOutSerializer)
+    def post(self, request, name: str, number: int):
+        serializer = ArchiveInSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        version = selectors.version_get(model_name=name, number=number)
+        services.model_version_archive(
+            version=version,
+            actor=Actor.from_request(request),
+            archived=serializer.validated_data["archived"],
+        )
+        return Response(VersionOutSerializer(version).data)
 
 
 class VersionDownloadApi(APIView):
