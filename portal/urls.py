@@ -29,3 +29,8 @@ urlpatterns = [
     path("api/v1/", include("models_app.api.urls")),
     path("api/v1/", include("deployments_app.api.urls")),
 ]
+
+handler400 = "portal.error_pages.bad_request"
+handler403 = "portal.error_pages.permission_denied"
+handler404 = "portal.error_pages.page_not_found"
+handler500 = "portal.error_pages.server_error"
