@@ -47,6 +47,8 @@ DRAIN_SECONDS = 3.0  # > the proxy's replica-list cache (deployments_app.predict
 def _event(deployment: Deployment, message: str, state: str = "") -> None:
     DeploymentEvent.objects.create(deployment=deployment, message=message[:4000], state=state)
 
+    # Events are the real changes (a state changed, a replica replaced): one log line each.
+    log.info("deployment %s: %s", deployment.name, message[:300])
 
 def _set_state(
     deployment: Deployment,
@@ -737,6 +739,9 @@ def images_prune(*, min_age_s: float | None = None, request_id: str = "") -> dic
     for name in summary["runtimes"]:
         pruned = get_runtime(name).prune_images(keep, min_age_s=min_age_s)
         summary["removed"] += [p.ref for p in pruned]
+    if summary["validations_requeued"]:
+        log.info("queued validation again for %d quiet version(s)", summary["validations_requeued"])
+    log.debug("reconcile: %s", summary)  # every PORTAL_RECONCILE_SECONDS: changes log above
         summary["freed_bytes"] += sum(p.size_bytes for p in pruned)
     if summary["removed"]:
         audit_record(
@@ -774,3 +779,4 @@ def _remove_orphans() -> int:
                 Replica.objects.filter(name=status.name).delete()
                 removed += 1
     return removed
+                log.info("removed replica %s: no deployment wants it", status.name)

@@ -373,13 +373,20 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
 }
 
+PORTAL_LOG_LEVEL = env.str("PORTAL_LOG_LEVEL", default="INFO").upper()
+# Celery's routine lines (each task received and succeeded, each beat tick: the reconciler's
+# every PORTAL_RECONCILE_SECONDS) only at DEBUG; INFO keeps one line per real change.
+_CELERY_ROUTINE = "DEBUG" if PORTAL_LOG_LEVEL == "DEBUG" else "WARNING"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env.str("PORTAL_LOG_LEVEL", default="INFO")},
+    "root": {"handlers": ["console"], "level": PORTAL_LOG_LEVEL},
     "loggers": {
+        "celery.beat": {"level": _CELERY_ROUTINE},
+        "celery.app.trace": {"level": _CELERY_ROUTINE},
+        "celery.worker.strategy": {"level": _CELERY_ROUTINE},
         "django.db.backends": {"level": "WARNING"},
         # One line per forwarded prediction otherwise: noise, and measurable cost.
         "httpx": {"level": "WARNING"},
