@@ -392,7 +392,7 @@ def upload_and_wait_ready(client, model_name: str, path: Path, example=None, tim
 
     def done():
         v = ModelVersion.objects.filter(model__name=model_name, number=number).first()
-        return v if v and v.status in ("ready", "rejected") else None
+        return v if v and v.status in ("ready", "invalid") else None
 
     version = wait_for(done, timeout=timeout, what=f"{model_name} v{number} validation")
     assert version.status == "ready", version.rejection_reason

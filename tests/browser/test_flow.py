@@ -39,7 +39,7 @@ def test_upload_validate_deploy_and_try_it(
     page.wait_for_url(f"**/models/{name}/versions/1/")
 
     # The version page polls until the real worker has validated the file, then reloads.
-    page.wait_for_selector("#version-status.ready, #version-status.rejected", timeout=600_000)
+    page.wait_for_selector("#version-status.ready, #version-status.invalid", timeout=600_000)
     version = ModelVersion.objects.get(model__name=name, number=1)
     assert version.status == "ready", version.rejection_reason
     shot(page, "flow-version-ready")

@@ -477,7 +477,7 @@ def test_worker_killed_during_validation_is_recovered_by_the_reconciler_and_a_ne
 
     def settled():
         v = ModelVersion.objects.get(pk=version.pk)
-        return v if v.status in ("ready", "rejected") else None
+        return v if v.status in ("ready", "invalid") else None
 
     final = _reconcile_until(settled, timeout=600, what=f"{name} v1 to settle after the crash")
 

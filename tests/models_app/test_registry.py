@@ -24,7 +24,7 @@ FIXTURES = [
 def _wait_validated(model: str, number: int = 1) -> ModelVersion:
     def done():
         v = ModelVersion.objects.filter(model__name=model, number=number).first()
-        return v if v and v.status in ("ready", "rejected") else None
+        return v if v and v.status in ("ready", "invalid") else None
 
     return wait_for(done, timeout=600, what=f"{model} v{number} to be validated")
 

@@ -63,7 +63,7 @@ HOSTILE = {
 
 @pytest.mark.security
 @pytest.mark.parametrize("case", sorted(HOSTILE))
-def test_hostile_upload_is_rejected_with_a_reason_and_never_runs(
+def test_hostile_upload_is_invalid_with_a_reason_and_never_runs(
     eager, django_capture_on_commit_callbacks, api_client, tmp_path, case
 ):
     marker = tmp_path / f"pwned-{case}"
@@ -72,10 +72,11 @@ def test_hostile_upload_is_rejected_with_a_reason_and_never_runs(
         response = _upload(client, "hostile", HOSTILE[case](marker))
     assert response.status_code == HTTPStatus.CREATED
     version = ModelVersion.objects.get(model__name="hostile")
-    assert version.status == ModelVersion.Status.REJECTED
+    assert version.status == ModelVersion.Status.INVALID
+    assert version.approval == ModelVersion.Approval.PENDING  # no approver said anything
     assert version.rejection_reason
     assert not marker.exists()
-    assert AuditEvent.objects.filter(action="model_version.rejected").exists()
+    assert AuditEvent.objects.filter(action="model_version.invalid").exists()
 
 
 @pytest.mark.security
@@ -89,7 +90,7 @@ def test_compressed_joblib_payload_is_rejected_naming_the_global(
     with django_capture_on_commit_callbacks(execute=True):
         _upload(api_client("deployer"), "hostile", path.read_bytes())
     version = ModelVersion.objects.get(model__name="hostile")
-    assert version.status == "rejected"
+    assert version.status == "invalid"
     assert "system" in version.rejection_reason
     assert not marker.exists()
 
@@ -105,7 +106,7 @@ def test_a_plain_dict_is_rejected_as_not_a_model(
             sklearn_version="1.9.1",
         )
     version = ModelVersion.objects.get(model__name="notamodel")
-    assert version.status == "rejected"
+    assert version.status == "invalid"
     assert "predict" in version.rejection_reason or "model" in version.rejection_reason
 
 

@@ -95,7 +95,7 @@ def test_dashboard_shows_counts_and_per_deployment_figures(role_client, one_work
     ModelVersion.objects.create(
         model=RegisteredModel.objects.get(name="iris-model"),
         number=2,
-        status="rejected",
+        status="invalid",
         artifact_sha256="b" * 64,
         artifact_size=1,
     )
@@ -107,7 +107,7 @@ def test_dashboard_shows_counts_and_per_deployment_figures(role_client, one_work
     assert response.status_code == HTTPStatus.OK
     summary = response.context["summary"]
     assert summary["models"] == 2
-    assert summary["versions_by_status"] == {"ready": 2, "rejected": 1}
+    assert summary["versions_by_status"] == {"ready": 2, "invalid": 1}
     assert summary["deployments_by_state"] == {"failed": 1, "running": 1}
     cards = {c["deployment"].name: c for c in response.context["cards"]}
     house = cards["house"]
@@ -257,15 +257,21 @@ def test_queue_length_is_read_from_redis(one_worker):
     assert health["queue_length"] == 3
 
 
-def test_live_worker_answers_the_ping(celery_worker_process, settings):
-    """The real thing: a Celery worker on the real broker answers the broadcast ping."""
-    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.dummy.DummyCache"}}
+def test_live_worker_is_seen_by_its_heartbeat(celery_worker_process, settings):
+    """The real thing: the session's Celery worker beats into the cache this process reads."""
+    require(bool(dj_settings.REDIS_URL), "Redis (the cache the worker and the test share)")
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": dj_settings.REDIS_URL,
+        }
+    }
     from tests.conftest import wait_for
 
     def alive():
         return selectors._ping_workers()["workers"]
 
-    workers = wait_for(alive, timeout=60, interval=1, what="a worker to answer the ping")
+    workers = wait_for(alive, timeout=60, interval=1, what="a worker's heartbeat")
     assert any(name.startswith("portal-test-") for name in workers)
 
 

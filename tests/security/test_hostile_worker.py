@@ -67,12 +67,12 @@ def test_every_hostile_upload_is_rejected_by_a_live_worker_that_survives_it(
         assert response.status_code == 201, (case, response.content)
         version = wait_for(
             lambda n=name: ModelVersion.objects.filter(
-                model__name=n, status__in=("ready", "rejected")
+                model__name=n, status__in=("ready", "invalid")
             ).first(),
             timeout=120,
             what=f"the worker to judge {case}",
         )
-        assert version.status == "rejected", case
+        assert version.status == "invalid", case
         assert version.rejection_reason, case
         assert not marker.exists(), f"{case}: the payload ran"
         added = {

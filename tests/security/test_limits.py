@@ -284,7 +284,7 @@ def test_validation_below_the_minimum_isolation_fails_with_its_reason(
     )
     services.model_version_validate(version_id=version.pk)
     version.refresh_from_db()
-    assert version.status == ModelVersion.Status.REJECTED
+    assert version.status == ModelVersion.Status.INVALID
     reason = version.rejection_reason
     assert "offers only 'none' isolation" in reason
     assert "PORTAL_SANDBOX_MIN_ISOLATION requires 'namespaces'" in reason
@@ -294,8 +294,8 @@ def test_validation_below_the_minimum_isolation_fails_with_its_reason(
     assert "inspection" not in version.report  # the sandbox never ran
     page = client.get(reverse("version-detail", args=["weak-host", version.number]))
     assert "PORTAL_SANDBOX_MIN_ISOLATION" in page.content.decode()
-    rejected = AuditEvent.objects.get(action="model_version.rejected")
-    assert "PORTAL_SANDBOX_MIN_ISOLATION" in rejected.details["reason"]
+    invalid = AuditEvent.objects.get(action="model_version.invalid")
+    assert "PORTAL_SANDBOX_MIN_ISOLATION" in invalid.details["reason"]
 
 
 def test_userns_host_is_refused_by_default_and_accepted_when_allowed(
