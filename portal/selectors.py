@@ -23,6 +23,7 @@ from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from portal.audit import ChainReport
+from portal.heartbeat import live_workers
 from portal.models import AuditEvent
 
 logger = logging.getLogger(__name__)
@@ -41,10 +42,9 @@ ERROR_STATUS = 400
 # Written by deployments_app.tasks.reconcile after each run (cache, no expiry).
 RECONCILE_LAST_KEY = "portal:reconcile-last"
 WORKER_PING_KEY = "portal:worker-ping"
-# A broadcast ping waits its whole timeout for replies: cache the answer so a polling page
-# does not pay it on every request.
-WORKER_PING_TIMEOUT = 0.5
-WORKER_PING_CACHE_SECONDS = 15
+# Reaching the broker may take its connect timeout: cache the answer so a polling page does
+# not pay it on every request.
+WORKER_PING_CACHE_SECONDS = 5
 AUDIT_VERIFY_KEY = "portal:audit-verify"
 
 
@@ -245,16 +245,18 @@ def recent_predictions(*, deployment_name: str, limit: int = 20) -> QuerySet:
 
 
 def _ping_workers() -> dict[str, Any]:
+    """Which workers answer: those of this instance whose heartbeat is fresh and that take
+    the portal's tasks (portal.heartbeat), not a broadcast ping, which a busy worker may
+    answer too late; and whether the broker is reachable."""
     from portal.celery import app
 
+    workers = live_workers(queue=app.conf.task_default_queue)
     try:
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
-            replies = app.control.ping(timeout=WORKER_PING_TIMEOUT, connection=conn) or []
     except Exception as exc:  # noqa: BLE001 - any broker failure means "no worker answers"
-        logger.warning("worker ping failed: %s", exc)
+        logger.warning("broker unreachable: %s", exc)
         return {"workers": [], "broker_ok": False, "broker_error": str(exc)[:200]}
-    workers = sorted(name for reply in replies for name in reply)
     return {"workers": workers, "broker_ok": True, "broker_error": ""}
 
 
@@ -284,10 +286,11 @@ def worker_health(*, refresh: bool = False) -> dict[str, Any]:
     """Are workers alive, how long is the queue, when did the reconciler last run."""
     from portal.celery import app
 
-    ping = None if refresh else cache.get(WORKER_PING_KEY)
+    key = f"{WORKER_PING_KEY}:{settings.PORTAL_INSTANCE}"  # portals may share one Redis
+    ping = None if refresh else cache.get(key)
     if ping is None:
         ping = _ping_workers() | {"checked_at": timezone.now().isoformat()}
-        cache.set(WORKER_PING_KEY, ping, WORKER_PING_CACHE_SECONDS)
+        cache.set(key, ping, WORKER_PING_CACHE_SECONDS)
     queue = app.conf.task_default_queue
     last = cache.get(RECONCILE_LAST_KEY)
     last_at = datetime.fromisoformat(last) if isinstance(last, str) else None

@@ -187,6 +187,9 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 PORTAL_RECONCILE_SECONDS = env.float("PORTAL_RECONCILE_SECONDS", default=10.0)
+# Each worker writes a heartbeat this often; the dashboard says no worker answers when none
+# beat in three periods.
+PORTAL_WORKER_HEARTBEAT_SECONDS = env.float("PORTAL_WORKER_HEARTBEAT_SECONDS", default=5.0)
 # Images (process builds) no build record keeps are removed this often, once this old.
 PORTAL_IMAGE_PRUNE_SECONDS = env.float("PORTAL_IMAGE_PRUNE_SECONDS", default=6 * 3600.0)
 PORTAL_IMAGE_PRUNE_MIN_AGE = env.float("PORTAL_IMAGE_PRUNE_MIN_AGE", default=3600.0)

@@ -246,8 +246,16 @@ def _database_url(settings_dict: dict) -> str:
 class WorkerHandle:
     """A real `celery worker` process, started and stopped by tests."""
 
-    def __init__(self, queue: str, storage: Path, env: dict[str, str]) -> None:
-        self.queue, self.storage, self.env = queue, storage, env
+    def __init__(
+        self,
+        queue: str,
+        storage: Path,
+        env: dict[str, str],
+        args: tuple[str, ...] = (),
+        cwd: Path | None = None,
+    ) -> None:
+        self.queue, self.storage, self.env, self.args = queue, storage, env, args
+        self.cwd = cwd or Path(__file__).resolve().parent.parent
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> WorkerHandle:
@@ -269,12 +277,13 @@ class WorkerHandle:
                 f"{self.queue}-{uuid.uuid4().hex[:4]}@%h",
                 "--without-mingle",
                 "--without-gossip",
+                *self.args,
             ],
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
-            cwd=Path(__file__).resolve().parent.parent,
+            cwd=self.cwd,
         )
         return self
 
@@ -330,6 +339,7 @@ def worker_factory(django_db_setup, django_db_blocker, tmp_path_factory):
         return handle
 
     make.storage = storage  # type: ignore[attr-defined]
+    make.env = env  # type: ignore[attr-defined]
     make.data_dir = Path(env["PORTAL_DATA_DIR"])  # type: ignore[attr-defined]
     try:
         yield make
