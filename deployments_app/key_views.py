@@ -2,65 +2,106 @@
 
 from __future__ import annotations
 
+from datetime import datetime, time, timedelta
+
 from django import forms
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from deployments_app.models import ApiKey, Deployment
 from deployments_app.predict import keys
+from models_app.models import RegisteredModel
+from portal import tables
 from portal.audit import Actor
 from portal.errors import ApplicationError
 from portal.permissions import capability_required
 from portal.roles import user_can
 
+NEW_KEY_SESSION = "portal:new-api-key"
+KEY_COLUMNS = {
+    "name": ("name",),
+    "prefix": ("prefix",),
+    "owner": ("user__username",),
+    "expires": ("expires_at",),
+    "last_used": ("last_used_at",),
+    "created": ("created_at",),
+}
+
 
 class KeyForm(forms.Form):
     name = forms.CharField(max_length=100)
     deployments = forms.MultipleChoiceField(required=False, widget=forms.SelectMultiple)
-    model = forms.CharField(required=False, help_text="Or every deployment of this model.")
-    expires_at = forms.DateTimeField(required=False, help_text="Optional, e.g. 2027-01-31 00:00")
+    model = forms.ChoiceField(required=False, help_text="Or every deployment of this model.")
+    expires_on = forms.DateField(
+        required=False,
+        widget=forms.DateInput(attrs={"type": "date"}),
+        help_text="Optional: the key stops working at the end of this day.",
+    )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["deployments"].choices = [
             (n, n) for n in Deployment.objects.order_by("name").values_list("name", flat=True)
         ]
+        self.fields["model"].choices = [("", "no model")] + [
+            (n, n) for n in RegisteredModel.objects.order_by("name").values_list("name", flat=True)
+        ]
+        self.fields["expires_on"].widget.attrs["min"] = timezone.localdate().isoformat()
+
+    def expires_at(self) -> datetime | None:
+        """The end of the chosen day in the portal's time zone (the start of the next)."""
+        day = self.cleaned_data.get("expires_on")
+        if day is None:
+            return None
+        return timezone.make_aware(datetime.combine(day + timedelta(days=1), time.min))
 
 
 @capability_required("predict")
 def key_list(request: HttpRequest) -> HttpResponse:
-    created = None
     if request.method == "POST":
         form = KeyForm(request.POST)
         if form.is_valid():
             data = form.cleaned_data
             try:
-                key, created = keys.api_key_create(
+                key, raw = keys.api_key_create(
                     user=request.user,
                     actor=Actor.from_request(request),
                     name=data["name"],
                     deployment_names=data["deployments"],
-                    model_name=data["model"].strip(),
-                    expires_at=data["expires_at"],
+                    model_name=data["model"],
+                    expires_at=form.expires_at(),
                 )
+            except ApplicationError as exc:
+                form.add_error(None, exc.message)
+            else:
+                # POST/redirect/GET: a reload of the next page must not create a second key.
+                # The secret rides in the session to that one page, then is gone.
+                request.session[NEW_KEY_SESSION] = {"name": key.name, "secret": raw}
                 messages.success(
                     request, f"Key '{key.name}' created. Copy it now: it is not shown again."
                 )
-                form = KeyForm()
-            except ApplicationError as exc:
-                form.add_error(None, exc.message)
+                return redirect("key-list")
     else:
         form = KeyForm()
+    created = request.session.pop(NEW_KEY_SESSION, None)
     qs = ApiKey.objects.select_related("user", "model").prefetch_related("deployments")
     if not user_can(request.user, "admin"):
         qs = qs.filter(user=request.user)
-    return render(
+    response = render(
         request,
         "deployments_app/key_list.html",
-        {"keys": qs.order_by("-id"), "form": form, "created": created},
+        {
+            "table": tables.table(request, qs, columns=KEY_COLUMNS, default="-created"),
+            "form": form,
+            "created": created,
+        },
     )
+    if created:
+        response["Cache-Control"] = "no-store"  # the secret must not come back from a cache
+    return response
 
 
 @require_POST

@@ -26,6 +26,7 @@ from deployments_app.runtimes import (
     runtime_name,
 )
 from deployments_app.runtimes.base import BuildResult, BuildSpec, ReplicaLimits, probe_health
+from deployments_app.transitions import ALLOWED, check_action
 from models_app.governance import deploy_refusal
 from models_app.models import ModelVersion
 from models_app.storage import artifact_path
@@ -46,9 +47,9 @@ DRAIN_SECONDS = 3.0  # > the proxy's replica-list cache (deployments_app.predict
 
 def _event(deployment: Deployment, message: str, state: str = "") -> None:
     DeploymentEvent.objects.create(deployment=deployment, message=message[:4000], state=state)
-
     # Events are the real changes (a state changed, a replica replaced): one log line each.
     log.info("deployment %s: %s", deployment.name, message[:300])
+
 
 def _set_state(
     deployment: Deployment,
@@ -168,9 +169,16 @@ def deployment_launch(
 
 
 def deployment_stop(*, deployment: Deployment, actor: Actor) -> Deployment:
+    check_action(deployment, "stop")
     with transaction.atomic():
         Deployment.objects.filter(pk=deployment.pk).update(desired_state=Deployment.Desired.STOPPED)
-        _set_state(deployment, State.STOPPING, message=f"stop requested by {actor.name}")
+        if not _set_state(
+            deployment,
+            State.STOPPING,
+            expected=ALLOWED["stop"],
+            message=f"stop requested by {actor.name}",
+        ):
+            raise ConflictError(f"'{deployment.name}' changed state meanwhile; reload and retry")
         audit_record(actor=actor, action="deployment.stop_requested", target=deployment)
         _enqueue("stop", deployment.pk, actor.request_id)
     deployment.refresh_from_db()
@@ -178,13 +186,21 @@ def deployment_stop(*, deployment: Deployment, actor: Actor) -> Deployment:
 
 
 def deployment_start(*, deployment: Deployment, actor: Actor) -> Deployment:
-    if deployment.state not in (State.STOPPED, State.FAILED, State.DEGRADED, State.RUNNING):
-        raise ConflictError(f"the deployment is {deployment.state}; wait until it settles")
+    check_action(deployment, "start")
     with transaction.atomic():
         Deployment.objects.filter(pk=deployment.pk).update(
             desired_state=Deployment.Desired.RUNNING, work_attempts=0
         )
-        _set_state(deployment, State.PENDING, message=f"start requested by {actor.name}", reason="")
+        # Compare-and-set: a start sent twice (two tabs) must not reset a deployment that the
+        # first one already brought back.
+        if not _set_state(
+            deployment,
+            State.PENDING,
+            expected=ALLOWED["start"],
+            message=f"start requested by {actor.name}",
+            reason="",
+        ):
+            raise ConflictError(f"'{deployment.name}' changed state meanwhile; reload and retry")
         audit_record(actor=actor, action="deployment.start_requested", target=deployment)
         _enqueue("deploy", deployment.pk, actor.request_id)
     deployment.refresh_from_db()
@@ -192,6 +208,7 @@ def deployment_start(*, deployment: Deployment, actor: Actor) -> Deployment:
 
 
 def deployment_restart(*, deployment: Deployment, actor: Actor) -> Deployment:
+    check_action(deployment, "restart")
     with transaction.atomic():
         audit_record(actor=actor, action="deployment.restart_requested", target=deployment)
         Deployment.objects.filter(pk=deployment.pk).update(
@@ -722,6 +739,9 @@ def reconcile(*, request_id: str = "") -> dict[str, int]:
     summary["validations_requeued"] = model_version_requeue_stale(
         older_than_seconds=settings.PORTAL_STALE_SECONDS, request_id=request_id
     )
+    if summary["validations_requeued"]:
+        log.info("queued validation again for %d quiet version(s)", summary["validations_requeued"])
+    log.debug("reconcile: %s", summary)  # every PORTAL_RECONCILE_SECONDS: changes log above
     return summary
 
 
@@ -739,9 +759,6 @@ def images_prune(*, min_age_s: float | None = None, request_id: str = "") -> dic
     for name in summary["runtimes"]:
         pruned = get_runtime(name).prune_images(keep, min_age_s=min_age_s)
         summary["removed"] += [p.ref for p in pruned]
-    if summary["validations_requeued"]:
-        log.info("queued validation again for %d quiet version(s)", summary["validations_requeued"])
-    log.debug("reconcile: %s", summary)  # every PORTAL_RECONCILE_SECONDS: changes log above
         summary["freed_bytes"] += sum(p.size_bytes for p in pruned)
     if summary["removed"]:
         audit_record(
@@ -777,6 +794,6 @@ def _remove_orphans() -> int:
             if (status.deployment, status.version) not in wanted:
                 runtime.remove_replica(status.name)
                 Replica.objects.filter(name=status.name).delete()
+                log.info("removed replica %s: no deployment wants it", status.name)
                 removed += 1
     return removed
-                log.info("removed replica %s: no deployment wants it", status.name)

@@ -7,17 +7,28 @@ import json
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.template.loader import render_to_string
 from django.views.decorators.http import require_GET, require_POST
 
-from deployments_app import selectors, services
+from deployments_app import buildlog, selectors, services, transitions
 from deployments_app.api.views import run_action
 from deployments_app.forms import DeployForm, ScaleForm, UpdateForm
 from models_app import selectors as model_selectors
 from portal import selectors as portal_selectors
+from portal import tables
 from portal.audit import Actor
 from portal.errors import ApplicationError
 from portal.permissions import capability_required
 from portal.roles import user_can
+
+LIST_COLUMNS = {
+    "name": ("name",),
+    "state": ("state",),
+    "model": ("model__name", "version__number"),
+    "replicas": ("replicas",),
+    "runtime": ("runtime",),
+    "since": ("state_changed_at",),
+}
 
 
 @require_GET
@@ -26,7 +37,11 @@ def deployment_list(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "deployments_app/deployment_list.html",
-        {"deployments": selectors.deployment_list()},
+        {
+            "table": tables.table(
+                request, selectors.deployment_list(), columns=LIST_COLUMNS, default="name"
+            )
+        },
     )
 
 
@@ -37,25 +52,43 @@ def _try_it_body(deployment) -> str:
     return json.dumps({"instances": rows or [[]]}, indent=2)
 
 
+def _live_context(deployment) -> dict:
+    """What the page's live parts show; the page and its poll render the same fragments."""
+    build = deployment.builds.select_related("version").first()
+    actions = transitions.allowed_actions(deployment)
+    previous = deployment.previous_version.number if deployment.previous_version else ""
+    return {
+        "deployment": deployment,
+        "actions": actions,
+        # The poll swaps the buttons only when this changes, so it never clobbers a choice
+        # being made in the scale or update form.
+        "actions_key": f"{deployment.state}:{deployment.version.number}:{previous}:"
+        f"{deployment.replicas}:{','.join(sorted(actions))}",
+        "build": build,
+        "build_key": f"{build.pk}:{build.status}:{len(build.log)}" if build else "",
+        "log_segments": buildlog.segments(build.log) if build else [],
+        "build_error": buildlog.hide_paths(build.error) if build and build.error else "",
+        "events": deployment.events.all()[:50],
+        "replicas": deployment.replica_set.all(),
+        "other_versions": deployment.model.versions.filter(status="ready")
+        .exclude(pk=deployment.version_id)
+        .order_by("-number"),
+        "stats": portal_selectors.deployment_call_stats(deployment_name=deployment.name).get(
+            deployment.name, portal_selectors.CallStats()
+        ),
+        "calls": portal_selectors.recent_predictions(deployment_name=deployment.name),
+    }
+
+
 @require_GET
 @capability_required("view")
 def deployment_detail(request: HttpRequest, name: str) -> HttpResponse:
     deployment = selectors.deployment_get(name=name)
-    stats = portal_selectors.deployment_call_stats(deployment_name=deployment.name)
     return render(
         request,
         "deployments_app/deployment_detail.html",
-        {
-            "deployment": deployment,
-            "build": deployment.builds.select_related("version").first(),
-            "events": deployment.events.all()[:50],
-            "replicas": deployment.replica_set.all(),
-            "other_versions": deployment.model.versions.filter(status="ready")
-            .exclude(pk=deployment.version_id)
-            .order_by("-number"),
-            "scale_form": ScaleForm(initial={"replicas": deployment.replicas}),
-            "stats": stats.get(deployment.name, portal_selectors.CallStats()),
-            "calls": portal_selectors.recent_predictions(deployment_name=deployment.name),
+        _live_context(deployment)
+        | {
             "series": portal_selectors.prediction_series(deployment_name=deployment.name),
             "ranges": list(portal_selectors.RANGES),
             "try_it_body": _try_it_body(deployment),
@@ -63,18 +96,38 @@ def deployment_detail(request: HttpRequest, name: str) -> HttpResponse:
     )
 
 
+LIVE_PARTS = {
+    "summary": "deployments_app/_summary.html",
+    "actions": "deployments_app/_actions.html",
+    "stats": "deployments_app/_stats.html",
+    "calls": "deployments_app/_calls.html",
+    "replicas": "deployments_app/_replicas.html",
+    "events": "deployments_app/_events.html",
+    "build": "deployments_app/_build_log.html",
+}
+
+
 @require_GET
 @capability_required("view")
 def deployment_status(request: HttpRequest, name: str) -> JsonResponse:
-    """What the page polls while work is in progress: state, events, the build log tail."""
+    """What the page polls: state and version, and its live parts rendered as HTML."""
     deployment = selectors.deployment_get(name=name)
-    build = deployment.builds.first()
+    context = _live_context(deployment)
+    build = context["build"]
     show_endpoints = user_can(request.user, "replica_endpoints")
     return JsonResponse(
         {
             "state": deployment.state,
+            "version": deployment.version.number,
+            "previous_version": (
+                deployment.previous_version.number if deployment.previous_version else None
+            ),
+            "replicas_wanted": deployment.replicas,
             "failure_reason": deployment.failure_reason,
-            "build_log": build.log[-20000:] if build else "",
+            "actions": sorted(context["actions"]),
+            "actions_key": context["actions_key"],
+            "build_key": context["build_key"],
+            "build_log": buildlog.hide_paths(build.log[-20000:]) if build else "",
             "build_status": build.status if build else None,
             "events": [
                 {"at": e.created_at.isoformat(), "message": e.message}
@@ -85,6 +138,11 @@ def deployment_status(request: HttpRequest, name: str) -> JsonResponse:
                 | ({"endpoint": r.endpoint} if show_endpoints else {})
                 for r in deployment.replica_set.all()
             ],
+            "html": {
+                part: render_to_string(template, context, request=request)
+                for part, template in LIVE_PARTS.items()
+                if part != "actions" or user_can(request.user, "deploy")
+            },
         }
     )
 

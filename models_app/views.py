@@ -14,9 +14,17 @@ from models_app.forms import AliasForm, ApprovalForm, UploadForm
 from models_app.governance import deploy_refusal
 from models_app.storage import artifact_path
 from models_app.uploads import install_upload_limit, upload_too_large
+from portal import tables
 from portal.audit import Actor, audit_record
 from portal.errors import ApplicationError
 from portal.permissions import capability_required
+
+MODEL_COLUMNS = {
+    "name": ("name",),
+    "versions": ("version_count",),
+    "ready": ("ready_count",),
+    "updated": ("updated_at",),
+}
 
 
 @require_GET
@@ -28,7 +36,12 @@ def model_list(request: HttpRequest) -> HttpResponse:
         request,
         "models_app/model_list.html",
         {
-            "models": selectors.model_list(search=search, include_archived=archived),
+            "table": tables.table(
+                request,
+                selectors.model_list(search=search, include_archived=archived),
+                columns=MODEL_COLUMNS,
+                default="name",
+            ),
             "q": search,
             "show_archived": archived,
         },
