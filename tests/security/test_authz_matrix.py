@@ -28,7 +28,8 @@ PUBLIC, ANY_USER = "public", "any-user"
 VIEW = {"viewer", "deployer", "approver", "admin"}
 DEPLOY = UPLOAD = PREDICT = {"deployer", "admin"}
 APPROVE = {"approver", "admin"}
-AUDIT = {"admin"}
+AUDIT = ADMIN = {"admin"}
+ARCHIVE = {"deployer", "admin"}
 PRINCIPALS = ["anonymous", "viewer", "deployer", "approver", "admin", "key-elsewhere"]
 
 # name -> {method: who may}; kwargs fill the pattern's parameters.
@@ -59,6 +60,14 @@ RULES: dict[str, dict[str, object]] = {
     "version-download": {"GET": VIEW},
     "version-approve": {"POST": APPROVE},
     "alias-set": {"POST": DEPLOY},
+    "model-archive": {"POST": ARCHIVE},
+    "model-delete": {"POST": ADMIN},
+    "version-archive": {"POST": ARCHIVE},
+    "version-delete": {"POST": ADMIN},
+    "user-list": {"GET": ADMIN, "POST": ADMIN},
+    "user-roles": {"POST": ADMIN},
+    "user-active": {"POST": ADMIN},
+    "user-password": {"POST": ADMIN},
     "key-list": {"GET": PREDICT, "POST": PREDICT},
     "key-revoke": {"POST": PREDICT},
     "deployment-list": {"GET": VIEW},
@@ -67,9 +76,11 @@ RULES: dict[str, dict[str, object]] = {
     "deployment-action": {"POST": DEPLOY},
     "deployment-create": {"POST": DEPLOY},
     "api-model-list": {"GET": VIEW},
-    "api-model-detail": {"GET": VIEW},
+    "api-model-detail": {"GET": VIEW, "DELETE": ADMIN},
+    "api-model-archive": {"POST": ARCHIVE},
     "api-version-list": {"GET": VIEW, "POST": UPLOAD},
-    "api-version-detail": {"GET": VIEW},
+    "api-version-detail": {"GET": VIEW, "DELETE": ADMIN},
+    "api-version-archive": {"POST": ARCHIVE},
     "api-version-download": {"GET": VIEW},
     "api-version-approval": {"POST": APPROVE},
     "api-alias": {"PUT": DEPLOY, "DELETE": DEPLOY},
@@ -88,6 +99,7 @@ KWARGS = {
     "prefix": "nope",
     "alias": "staging",
     "action": "scale",
+    "user_id": 1,
 }
 DEPLOYMENT_KWARGS = {"name": "d"}  # for deployment-* and predict/v2 patterns
 
