@@ -1,15 +1,17 @@
 """Every hostile upload, validated by a real Celery worker process (not eagerly in the test).
 
 For each case: rejected with a reason, the payload never ran (its marker file never appears),
-nothing was written outside the portal's storage (the worker's cwd, /tmp, HOME and the
-portal's data dir are compared before and after), and the worker is still alive; at the end
-the same worker still validates a real model.
+nothing was written outside the portal's storage (the worker's cwd, TMPDIR, HOME and data dir,
+all folders of this test, are compared before and after), and the worker is still alive; at
+the end the same worker still validates a real model.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import signal
+import uuid
 from pathlib import Path
 
 import pytest
@@ -42,18 +44,56 @@ def _listing(roots: list[Path], depth: int = 2) -> set[str]:
     return seen
 
 
+@pytest.fixture
+def own_worker(transactional_db, worker_factory, settings, tmp_path):
+    """A worker of this test alone, whose working directory, TMPDIR, HOME, data dir and
+    artifact store are folders the test owns: whatever appears there came from the worker
+    (or the payloads it judged), never from another program on this machine."""
+    from portal.celery import app
+    from tests.conftest import WorkerHandle
+
+    root = tmp_path / "worker"
+    dirs = {name: root / name for name in ("cwd", "tmp", "home", "data", "artifacts")}
+    for folder in dirs.values():
+        folder.mkdir(parents=True)
+    settings.PORTAL_ARTIFACT_DIR = dirs["artifacts"]
+    queue = f"portal-hostile-{uuid.uuid4().hex[:8]}"
+    env = {
+        **worker_factory.env,
+        "PYTHONPATH": str(REPO),  # its cwd is not the repository
+        "TMPDIR": str(dirs["tmp"]),
+        "HOME": str(dirs["home"]),
+        "PORTAL_DATA_DIR": str(dirs["data"]),
+        "PORTAL_ARTIFACT_DIR": str(dirs["artifacts"]),
+    }
+    worker = WorkerHandle(queue, dirs["artifacts"], env, cwd=dirs["cwd"]).start()
+    old_queue = app.conf.task_default_queue
+    app.conf.task_default_queue = queue
+    worker.dirs = dirs
+    try:
+        yield worker
+    finally:
+        app.conf.task_default_queue = old_queue
+        worker.kill(signal.SIGTERM)
+        if settings.CELERY_BROKER_URL.startswith("redis://"):
+            import redis
+
+            redis.Redis.from_url(settings.CELERY_BROKER_URL).delete(queue)
+
+
 def test_every_hostile_upload_is_rejected_by_a_live_worker_that_survives_it(
-    transactional_db, worker_storage, celery_worker_process, api_client, tmp_path
+    own_worker, api_client, tmp_path
 ):
-    worker = celery_worker_process
+    worker = own_worker
     client = api_client("deployer")
-    data_dir = Path(worker.env["PORTAL_DATA_DIR"])
-    artifact_dir = Path(worker.env["PORTAL_ARTIFACT_DIR"])
     markers = tmp_path / "markers"
     markers.mkdir()
-    watched = [REPO, Path("/tmp"), Path(os.path.expanduser("~")), data_dir, markers]
-    # This test's own folders, the store itself, and a shell harness's job folders if any.
-    ignored = (str(tmp_path), str(artifact_dir), str(REPO / "test-artifacts"), "/tmp/bash_jobs")
+    dirs = worker.dirs
+    watched = [dirs["cwd"], dirs["tmp"], dirs["home"], dirs["data"], markers]
+    # A real model first: what a first validation legitimately leaves (caches, keys) is in
+    # the baseline; the store itself receives every upload.
+    upload_and_wait_ready(client, "before-hostile", FIXTURE_DIR / "house_price_linreg.pkl")
+    ignored = (str(dirs["artifacts"]),)
 
     for case in sorted(HOSTILE):
         before = _listing(watched)
@@ -75,9 +115,7 @@ def test_every_hostile_upload_is_rejected_by_a_live_worker_that_survives_it(
         assert version.status == "invalid", case
         assert version.rejection_reason, case
         assert not marker.exists(), f"{case}: the payload ran"
-        added = {
-            p for p in _listing(watched) - before if not p.startswith(ignored) and "pytest" not in p
-        }
+        added = {p for p in _listing(watched) - before if not p.startswith(ignored)}
         assert not added, f"{case}: written outside storage: {sorted(added)[:5]}"
         assert worker.proc.poll() is None, f"{case}: the worker died"
 
