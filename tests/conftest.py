@@ -216,7 +216,7 @@ def _docker_build_cache_cleanup():
     try:
         import docker
 
-        client = docker.from_env(timeout=5)
+        client = docker.from_env(timeout=120)  # removal is slow on a busy engine
         before = {i.id for i in client.images.list(filters={"label": "portal.stage=deps"})}
     except Exception:  # noqa: BLE001 - no docker: nothing to clean
         yield
