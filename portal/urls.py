@@ -3,7 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from portal import user_views, views
+from portal import user_api, user_views, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -26,6 +26,8 @@ urlpatterns = [
     path("", include("deployments_app.predict.urls")),
     path("", include("models_app.urls")),
     path("", include("deployments_app.urls")),
+    path("api/v1/users", user_api.UserListApi.as_view(), name="api-user-list"),
+    path("api/v1/users/<int:user_id>", user_api.UserDetailApi.as_view(), name="api-user-detail"),
     path("api/v1/", include("models_app.api.urls")),
     path("api/v1/", include("deployments_app.api.urls")),
 ]

@@ -215,3 +215,38 @@ def test_creating_a_user_in_django_admin_is_audited(superuser_client):
     assert response.status_code == HTTPStatus.FOUND
     event = AuditEvent.objects.get(action="user.created")
     assert event.target_name == "frank" and event.details == {"via": "admin"}
+
+
+# --------------------------------------------------------------------------- API
+
+
+def test_the_users_api_lists_creates_and_changes_users_each_audited(api_client):
+    client = api_client("admin")
+    created = client.post(
+        "/api/v1/users",
+        {"username": "gina", "password": NEW_PASSWORD, "roles": ["viewer"]},
+        format="json",
+    )
+    assert created.status_code == HTTPStatus.CREATED, created.content
+    body = created.json()
+    assert body["roles"] == ["viewer"] and "password" not in body
+    assert AuditEvent.objects.filter(action="user.created", target_name="gina").exists()
+    listed = {u["username"]: u["roles"] for u in client.get("/api/v1/users").json()}
+    assert listed["gina"] == ["viewer"]
+
+    url = f"/api/v1/users/{body['id']}"
+    changed = client.patch(url, {"roles": ["deployer"]}, format="json")
+    assert changed.json()["roles"] == ["deployer"]
+    assert AuditEvent.objects.filter(action="user.roles_changed").exists()
+    changed = client.patch(url, {"is_active": False}, format="json")
+    assert changed.json()["is_active"] is False
+    assert AuditEvent.objects.filter(action="user.deactivated").exists()
+    client.patch(url, {"password": "another-long-passphrase-7"}, format="json")
+    assert AuditEvent.objects.filter(action="user.password_changed").exists()
+    refused = client.patch(url, {"roles": ["root"]}, format="json")
+    assert refused.status_code == HTTPStatus.BAD_REQUEST
+
+
+@pytest.mark.parametrize("who", ["viewer", "deployer", "approver"])
+def test_the_users_api_is_for_admins_only(api_client, who):
+    assert api_client(who).get("/api/v1/users").status_code == HTTPStatus.FORBIDDEN

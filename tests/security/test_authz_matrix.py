@@ -68,6 +68,8 @@ RULES: dict[str, dict[str, object]] = {
     "user-roles": {"POST": ADMIN},
     "user-active": {"POST": ADMIN},
     "user-password": {"POST": ADMIN},
+    "api-user-list": {"GET": ADMIN, "POST": ADMIN},
+    "api-user-detail": {"GET": ADMIN, "PATCH": ADMIN},
     "key-list": {"GET": PREDICT, "POST": PREDICT},
     "key-revoke": {"POST": PREDICT},
     "deployment-list": {"GET": VIEW},
@@ -214,7 +216,7 @@ def test_matrix(world, name, route, method, who):
     body = {"features": [1, 2, 3]} if name in ("predict",) else {}
     kwargs = (
         {"content_type": "application/json", "data": body}
-        if method in ("POST", "PUT", "DELETE")
+        if method in ("POST", "PUT", "PATCH", "DELETE")
         else {}
     )
     if name == "model-upload" and method == "POST":
