@@ -240,11 +240,10 @@ class WrkError(RuntimeError):
 
 
 def probe(endpoint: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{endpoint}/health", timeout=2) as r:  # noqa: S310
-            return r.status == 200
-    except OSError:
-        return False
+    """The replica's /health (over its unix socket, or http for the direct baseline)."""
+    from deployments_app.runtimes.base import probe_health
+
+    return probe_health(endpoint, timeout=2)
 
 
 def run_wrk(url: str, script: Path, conc: int, duration: float) -> dict[str, float]:
@@ -309,7 +308,8 @@ def choose_runtime(wanted: str, tmp: Path):
         try:
             from deployments_app.runtimes.docker_runtime import DockerRuntime
 
-            runtime = DockerRuntime()
+            # As the portal builds it: sockets under tmp, replicas that require the token.
+            runtime = DockerRuntime(state_root=tmp, token_key=settings.SECRET_KEY)
             if runtime.ping():
                 return runtime
         except Exception as exc:  # noqa: BLE001 - no SDK or no daemon: fall back
@@ -320,7 +320,9 @@ def choose_runtime(wanted: str, tmp: Path):
     from deployments_app.runtimes.process_runtime import ProcessRuntime
 
     return ProcessRuntime(
-        state_root=tmp / "runtime", env_root=Path(settings.PORTAL_ENV_CACHE) / "servers"
+        state_root=tmp / "runtime",
+        env_root=Path(settings.PORTAL_ENV_CACHE) / "servers",
+        token_key=settings.SECRET_KEY,
     )
 
 
@@ -381,6 +383,8 @@ class Bench:
         self.deps_before: set[str] | None = None
         self.pins = ""
         self.endpoint = ""
+        self.direct = ""  # the same server on TCP, for wrk's direct baseline
+        self.direct_container = ""
         self.restarts = 0
         self._start_args: dict[str, Any] = {}
 
@@ -397,6 +401,13 @@ class Bench:
         for name, proc in reversed(self.procs):
             with contextlib.suppress(Exception):
                 stop_process(proc, name)
+        if self.direct_container:
+            from deployments_app.runtimes.docker_runtime import client
+
+            with contextlib.suppress(Exception):
+                c = client(timeout=60)
+                c.containers.get(self.direct_container).remove(force=True)
+                c.close()
         for replica in self.replicas:
             try:
                 self.runtime.remove_replica(replica)
@@ -515,7 +526,56 @@ class Bench:
         if not self.runtime.wait_healthy(status, timeout=120):
             raise RuntimeError(f"replica {status.name} did not become healthy")
         log(f"replica {status.name} healthy at {status.endpoint}")
+        self.serve_direct(build)
         return outcome, status.name, status.endpoint
+
+    def serve_direct(self, build) -> None:
+        """The baseline wrk calls directly: the same model server on a TCP port (replicas
+        listen on unix sockets that wrk cannot reach), without the portal's isolation."""
+        port = free_port()
+        if self.runtime.name == "docker":
+            from deployments_app.runtimes.docker_runtime import client
+
+            c = client(timeout=60)
+            try:
+                container = c.containers.run(
+                    build.ref,
+                    name=f"proxy-bench-direct-{os.getpid()}",
+                    detach=True,
+                    read_only=True,
+                    tmpfs={"/tmp": "size=64m"},  # noqa: S108 - container tmpfs
+                    ports={"8080/tcp": ("127.0.0.1", port)},
+                    mem_limit="512m",
+                    nano_cpus=1_000_000_000,
+                )
+            finally:
+                c.close()
+            self.direct_container = container.name
+        else:
+            build_dir = self.runtime._build_dir(build.ref)
+            info = json.loads((build_dir / "build.json").read_text())
+            self.start(
+                "direct model server",
+                [
+                    str(Path(info["venv"]) / "bin" / "python"),
+                    str(build_dir / "server" / "server.py"),
+                    "--model",
+                    str(build_dir / "model.bin"),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                ],  # fmt: skip
+                self.tmp / "direct.log",
+                env={**info["env"], "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+            )
+        self.direct = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while not probe(self.direct):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the direct model server did not become healthy")
+            time.sleep(0.2)
+        log(f"direct baseline at {self.direct}")
 
     def ensure_replica(self) -> bool:
         """Start the replica again when it is gone; True when it had to be.
@@ -978,7 +1038,9 @@ def main() -> int:
         flask, flask_proc = bench.start_flask()
 
         checks = {
-            "container": post_json(f"{endpoint}/predict", {"instances": [ROW]})["predictions"][0],
+            "container": post_json(f"{bench.direct}/predict", {"instances": [ROW]})["predictions"][
+                0
+            ],
             "proxy": post_json(
                 f"{portal}/api/v1/deployments/{name}/predict",
                 {"features": ROW},
@@ -1007,7 +1069,7 @@ def main() -> int:
 
         def targets() -> dict[str, tuple[str, Path]]:
             return {
-                "container": (f"{bench.endpoint}/predict", scripts["container"]),
+                "container": (f"{bench.direct}/predict", scripts["container"]),
                 "proxy": (f"{portal}/api/v1/deployments/{name}/predict", scripts["proxy"]),
                 "flask": (f"{flask}/predict", scripts["flask"]),
             }
