@@ -325,6 +325,9 @@ def worker_factory(django_db_setup, django_db_blocker, tmp_path_factory):
             "PORTAL_ENV_CACHE": str(dj_settings.PORTAL_ENV_CACHE),
             "PORTAL_WHEELHOUSE": str(dj_settings.PORTAL_WHEELHOUSE),
             "CELERY_BROKER_URL": dj_settings.CELERY_BROKER_URL,
+            # Its own data dir would give it a key of its own (local mode makes one there):
+            # replica tokens it signs must be the ones this process's proxy sends.
+            "DJANGO_SECRET_KEY": dj_settings.SECRET_KEY,
         }
     )
     if dj_settings.CELERY_BROKER_URL.startswith("filesystem://"):
