@@ -38,6 +38,11 @@ def user_role_names(user: Any) -> list[str]:
     return sorted(g.name for g in user.groups.all() if g.name in ROLES)
 
 
+def _role_groups(roles: list[str]) -> list[Group]:
+    # The groups come from migration portal 0002; made again if someone deleted one.
+    return [Group.objects.get_or_create(name=name)[0] for name in roles]
+
+
 def _check_roles(roles: list[str]) -> list[str]:
     unknown = sorted(set(roles) - set(ROLES))
     if unknown:
@@ -80,7 +85,7 @@ def user_create(
         if User.objects.filter(username=username).exists():
             raise ConflictError(f"a user named '{username}' exists already")
         user = User.objects.create_user(username=username, email=email, password=password)
-        user.groups.set(Group.objects.filter(name__in=roles))
+        user.groups.set(_role_groups(roles))
         audit_record(actor=actor, action="user.created", target=user, details={"roles": roles})
     return user
 
@@ -91,7 +96,7 @@ def user_roles_set(*, user: Any, roles: list[str], actor: Actor) -> Any:
     with transaction.atomic():
         before = user_role_names(user)
         user.groups.remove(*Group.objects.filter(name__in=set(ROLES) - set(roles)))
-        user.groups.add(*Group.objects.filter(name__in=roles))
+        user.groups.add(*_role_groups(roles))
         user = user_get(user_id=user.pk)  # the prefetched groups are stale now
         user_audit_roles_changed(actor=actor, user=user, before=before)
     return user
