@@ -1,5 +1,6 @@
 from rest_framework import serializers
 
+from deployments_app import buildlog
 from deployments_app.models import Build, Deployment, DeploymentEvent, Replica
 
 
@@ -57,6 +58,15 @@ class DeploymentOutSerializer(serializers.ModelSerializer):
 
 class BuildOutSerializer(serializers.ModelSerializer):
     version = serializers.IntegerField(source="version.number")
+    # The host's layout (wheelhouse, env cache, temp dirs) is no caller's business.
+    log = serializers.SerializerMethodField()
+    error = serializers.SerializerMethodField()
+
+    def get_log(self, build: Build) -> str:
+        return buildlog.hide_paths(build.log)
+
+    def get_error(self, build: Build) -> str:
+        return buildlog.hide_paths(build.error)
 
     class Meta:
         model = Build

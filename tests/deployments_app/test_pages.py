@@ -278,3 +278,18 @@ def test_nav_highlights_the_current_section(role_client):
     assert '<a href="/deployments/" class="current" aria-current="page">Deployments</a>' in html
     assert '<a href="/models/">Models</a>' in html
     assert 'aria-label="breadcrumbs"' in html
+
+
+def test_builds_api_hides_internal_paths(api_client, settings, tmp_path):
+    settings.PORTAL_ENV_CACHE = tmp_path / "envs"
+    deployment = make_deployment("dep")
+    Build.objects.create(
+        deployment=deployment,
+        version=deployment.version,
+        status="failed",
+        log=f"creating environment {tmp_path}/envs/abc",
+        error=f"pip failed in {tmp_path}/envs/abc",
+    )
+    [build] = api_client("viewer").get("/api/v1/deployments/dep/builds").json()
+    assert build["log"] == "creating environment <env-cache>/abc"
+    assert build["error"] == "pip failed in <env-cache>/abc"
