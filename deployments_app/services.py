@@ -186,6 +186,9 @@ def deployment_stop(*, deployment: Deployment, actor: Actor) -> Deployment:
 
 
 def deployment_start(*, deployment: Deployment, actor: Actor) -> Deployment:
+    # Starting a stopped deployment deploys its version again: the same rule as a launch.
+    if refusal := deploy_refusal(deployment.version):
+        raise ConflictError(refusal)
     check_action(deployment, "start")
     with transaction.atomic():
         Deployment.objects.filter(pk=deployment.pk).update(

@@ -138,6 +138,18 @@ def test_rollback_to_a_rejected_version_is_refused(api_client):
     assert not AuditEvent.objects.filter(action="deployment.rolled_back").exists()
 
 
+def test_starting_a_stopped_deployment_of_a_rejected_version_is_refused(api_client):
+    deployment = _running(_version(approval="rejected"))
+    Deployment.objects.filter(pk=deployment.pk).update(state="stopped", desired_state="stopped")
+    response = api_client("deployer").post(
+        "/api/v1/deployments/d/actions", {"action": "start"}, format="json"
+    )
+    assert response.status_code == HTTPStatus.CONFLICT
+    assert "rejected by an approver" in response.json()["error"]
+    assert Deployment.objects.get().state == "stopped"
+    assert not AuditEvent.objects.filter(action="deployment.start_requested").exists()
+
+
 def test_an_archived_version_or_model_is_not_deployable(api_client):
     version = _version(approval="approved")
     services.model_version_archive(version=version, actor=Actor.system())
