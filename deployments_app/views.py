@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
-from django.template.loader import render_to_string
+from django.template.context_processors import csrf
+from django.template.loader import get_template
 from django.views.decorators.http import require_GET, require_POST
 
 from deployments_app import buildlog, selectors, services, transitions
@@ -17,6 +19,7 @@ from models_app import selectors as model_selectors
 from portal import selectors as portal_selectors
 from portal import tables
 from portal.audit import Actor
+from portal.context_processors import roles
 from portal.errors import ApplicationError
 from portal.permissions import capability_required
 from portal.roles import user_can
@@ -66,7 +69,8 @@ def _live_context(deployment) -> dict:
         f"{deployment.replicas}:{','.join(sorted(actions))}",
         "build": build,
         "build_key": f"{build.pk}:{build.status}:{len(build.log)}" if build else "",
-        "log_segments": buildlog.segments(build.log) if build else [],
+        # Lazy (templates call it): a poll whose log is unchanged never cuts it up.
+        "log_segments": partial(buildlog.segments, build.log) if build else [],
         "build_error": buildlog.hide_paths(build.error) if build and build.error else "",
         "events": deployment.events.all()[:50],
         "replicas": deployment.replica_set.all(),
@@ -107,6 +111,17 @@ LIVE_PARTS = {
 }
 
 
+def _render_parts(request: HttpRequest, context: dict, *, skip: set[str]) -> dict[str, str]:
+    """The live fragments, with the context processors' values computed once for all of
+    them (render_to_string with a request would run them, and their queries, per fragment)."""
+    shared = context | csrf(request) | roles(request) | {"request": request, "user": request.user}
+    return {
+        part: get_template(template).render(shared)
+        for part, template in LIVE_PARTS.items()
+        if part not in skip
+    }
+
+
 @require_GET
 @capability_required("view")
 def deployment_status(request: HttpRequest, name: str) -> JsonResponse:
@@ -115,6 +130,14 @@ def deployment_status(request: HttpRequest, name: str) -> JsonResponse:
     context = _live_context(deployment)
     build = context["build"]
     show_endpoints = user_can(request.user, "replica_endpoints")
+    # The page sends the keys of the buttons and log it shows; unchanged parts are not sent
+    # again (a long build log is most of the answer's size and rendering time).
+    unchanged = {
+        part
+        for part, key in (("actions", "actions_key"), ("build", "build_key"))
+        if request.GET.get(part) == context[key]
+    }
+    skip = unchanged | (set() if user_can(request.user, "deploy") else {"actions"})
     return JsonResponse(
         {
             "state": deployment.state,
@@ -127,7 +150,9 @@ def deployment_status(request: HttpRequest, name: str) -> JsonResponse:
             "actions": sorted(context["actions"]),
             "actions_key": context["actions_key"],
             "build_key": context["build_key"],
-            "build_log": buildlog.hide_paths(build.log[-20000:]) if build else "",
+            "build_log": (
+                buildlog.hide_paths(build.log[-20000:]) if build and "build" not in skip else None
+            ),
             "build_status": build.status if build else None,
             "events": [
                 {"at": e.created_at.isoformat(), "message": e.message}
@@ -138,11 +163,7 @@ def deployment_status(request: HttpRequest, name: str) -> JsonResponse:
                 | ({"endpoint": r.endpoint} if show_endpoints else {})
                 for r in deployment.replica_set.all()
             ],
-            "html": {
-                part: render_to_string(template, context, request=request)
-                for part, template in LIVE_PARTS.items()
-                if part != "actions" or user_can(request.user, "deploy")
-            },
+            "html": _render_parts(request, context, skip=skip),
         }
     )
 

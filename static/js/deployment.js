@@ -45,7 +45,9 @@
   let state = (document.getElementById("state") || {}).textContent || "";
   function poll() {
     clearTimeout(timer);
-    fetch(url, { headers: { Accept: "application/json" }, credentials: "same-origin" })
+    const shown = new URLSearchParams();
+    Object.entries(keyed).forEach(([name]) => { if (parts[name]) shown.set(name, parts[name].dataset.key || ""); });
+    fetch(url + "?" + shown, { headers: { Accept: "application/json" }, credentials: "same-origin" })
       .then((r) => { if (!r.ok) throw new Error(r.status); return r.json(); })
       .then((data) => { apply(data); state = data.state; })
       .catch(() => { /* keep what is shown; try again */ })

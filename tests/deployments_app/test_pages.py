@@ -293,3 +293,18 @@ def test_builds_api_hides_internal_paths(api_client, settings, tmp_path):
     [build] = api_client("viewer").get("/api/v1/deployments/dep/builds").json()
     assert build["log"] == "creating environment <env-cache>/abc"
     assert build["error"] == "pip failed in <env-cache>/abc"
+
+
+def test_status_leaves_out_the_parts_the_page_already_shows(role_client):
+    deployment = make_deployment("dep")
+    Build.objects.create(deployment=deployment, version=deployment.version, log="Step 1/2")
+    client = role_client("deployer")
+    first = client.get("/deployments/dep/status").json()
+    assert {"actions", "build"} <= set(first["html"])
+    query = {"actions": first["actions_key"], "build": first["build_key"]}
+    again = client.get("/deployments/dep/status", query).json()
+    assert "actions" not in again["html"] and "build" not in again["html"]
+    assert again["build_log"] is None and "stats" in again["html"]
+    Build.objects.filter(deployment=deployment).update(log="Step 1/2\nStep 2/2")
+    moved = client.get("/deployments/dep/status", query).json()
+    assert "Step 2/2" in moved["html"]["build"] and "actions" not in moved["html"]
