@@ -656,10 +656,11 @@ class Bench:
             state="running",
         )
         user = get_user_model().objects.create_user(
-            "bench-deployer", password=secrets.token_urlsafe(16)
+            "bench-admin", password=secrets.token_urlsafe(16)
         )
-        user.groups.add(Group.objects.get_or_create(name="deployer")[0])
-        # The default limit (6000/min) would answer 429 within seconds at these rates.
+        user.groups.add(Group.objects.get_or_create(name="admin")[0])
+        # The default limit (6000/min) would answer 429 within seconds at these rates; only
+        # an admin may give a key more than PORTAL_MAX_KEY_RATE_LIMIT.
         _, raw = api_key_create(
             user=user,
             actor=Actor.system(),
