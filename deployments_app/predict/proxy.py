@@ -238,11 +238,21 @@ def forward(target: Target, payload: bytes) -> Forwarded:
 def interpret(status: int, data: bytes, replica: str, upstream_ms: float) -> Forwarded | None:
     """A replica's answer: the result, an UpstreamError raised, or None to try the next one."""
     if status == 200:
-        return Forwarded(json.loads(data), replica, upstream_ms)
+        # A replica runs uploaded code: what it answers is parsed as carefully as a client's
+        # body (not JSON, nested past the recursion limit or not an object -> 502, not 500).
+        try:
+            result = json.loads(data)
+        except (ValueError, RecursionError):
+            result = None
+        if not isinstance(result, dict):
+            raise UpstreamError(
+                502, "the model answered something that is not a JSON object", replica
+            )
+        return Forwarded(result, replica, upstream_ms)
     text = data[:2000].decode("utf-8", "replace")
     try:
         message = json.loads(text).get("error", text[:500])
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         message = text[:500]
     if status in (400, 413, 422):
         raise UpstreamError(422, f"the model rejected the input: {message}", replica)
