@@ -60,13 +60,19 @@ def _live_context(deployment) -> dict:
     build = deployment.builds.select_related("version").first()
     actions = transitions.allowed_actions(deployment)
     previous = deployment.previous_version.number if deployment.previous_version else ""
+    other_versions = list(
+        deployment.model.versions.filter(status="ready")
+        .exclude(pk=deployment.version_id)
+        .order_by("-number")
+    )
     return {
         "deployment": deployment,
         "actions": actions,
         # The poll swaps the buttons only when this changes, so it never clobbers a choice
         # being made in the scale or update form.
         "actions_key": f"{deployment.state}:{deployment.version.number}:{previous}:"
-        f"{deployment.replicas}:{','.join(sorted(actions))}",
+        f"{deployment.replicas}:{','.join(sorted(actions))}:"
+        f"{','.join(str(v.number) for v in other_versions)}",
         "build": build,
         "build_key": f"{build.pk}:{build.status}:{len(build.log)}" if build else "",
         # Lazy (templates call it): a poll whose log is unchanged never cuts it up.
@@ -74,9 +80,7 @@ def _live_context(deployment) -> dict:
         "build_error": buildlog.hide_paths(build.error) if build and build.error else "",
         "events": deployment.events.all()[:50],
         "replicas": deployment.replica_set.all(),
-        "other_versions": deployment.model.versions.filter(status="ready")
-        .exclude(pk=deployment.version_id)
-        .order_by("-number"),
+        "other_versions": other_versions,
         "stats": portal_selectors.deployment_call_stats(deployment_name=deployment.name).get(
             deployment.name, portal_selectors.CallStats()
         ),

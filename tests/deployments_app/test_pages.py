@@ -308,3 +308,15 @@ def test_status_leaves_out_the_parts_the_page_already_shows(role_client):
     Build.objects.filter(deployment=deployment).update(log="Step 1/2\nStep 2/2")
     moved = client.get("/deployments/dep/status", query).json()
     assert "Step 2/2" in moved["html"]["build"] and "actions" not in moved["html"]
+
+
+def test_a_newly_ready_version_changes_the_buttons_key(role_client):
+    deployment = make_deployment("dep")
+    client = role_client("deployer")
+    before = client.get("/deployments/dep/status").json()
+    ModelVersion.objects.create(
+        model=deployment.model, number=2, status="ready", artifact_sha256="e" * 64, artifact_size=1
+    )
+    after = client.get("/deployments/dep/status", {"actions": before["actions_key"]}).json()
+    assert after["actions_key"] != before["actions_key"]
+    assert '<option value="2">v2</option>' in after["html"]["actions"]
