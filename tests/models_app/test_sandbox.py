@@ -311,9 +311,7 @@ def test_skops_pins_work_with_old_sklearn(tmp_path):
         f"sio.dump(m, {str(model)!r})\n"
     )
     subprocess.run([str(env.python), "-I", "-c", code], check=True, timeout=120)
-    report = run_inspection(
-        model, fmt="skops", env=env, example=[[0.0, 1.0], [1.0, 0.0]], trusted=[]
-    )
+    report = run_inspection(model, fmt="skops", env=env, example=[[0.0, 1.0], [1.0, 0.0]])
     assert report["ok"], (report["error"], report["sandbox"]["stderr"])
     assert report["smoke"]["predictions"] == [0, 1]
     assert report["versions"]["skops"] == "0.16.0"
