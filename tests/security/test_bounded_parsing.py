@@ -143,9 +143,9 @@ def test_a_prediction_body_over_the_limit_gets_413_and_a_log_row(
 # ------------------------------------------------------------------------ DRF bodies
 
 
-def _api_views_with_bodies() -> list[tuple[str, str, str]]:
+def _api_views_with_bodies(user_id: int = 1) -> list[tuple[str, str, str]]:
     """(url, method, view name) for every api/v1 view that takes a body."""
-    kwargs = {"name": None, "number": 1, "alias": "prod", "prefix": "nope"}
+    kwargs = {"name": None, "number": 1, "alias": "prod", "prefix": "nope", "user_id": user_id}
     found = []
 
     def walk(patterns, prefix=""):
@@ -181,7 +181,7 @@ def test_every_api_body_endpoint_is_found():
 )
 def test_every_api_endpoint_answers_deep_json_with_400(api_client, deployment, name):
     admin = api_client("admin")
-    for url, method, view in _api_views_with_bodies():
+    for url, method, view in _api_views_with_bodies(admin.user.pk):
         response = getattr(admin, method)(url, data=HOSTILE[name], content_type="application/json")
         if view == "VersionListApi":  # uploads are multipart only
             _is_json_error(response, HTTPStatus.UNSUPPORTED_MEDIA_TYPE)
