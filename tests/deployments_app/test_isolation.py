@@ -37,20 +37,12 @@ from deployments_app.services import SERVER_DIR
 from models_app.models import ModelVersion, RegisteredModel
 from portal.models import AuditEvent
 from tests.conftest import FIXTURE_DIR
+from tests.deployments_app.test_runtimes import PINS_191  # the 1.9.1 fixtures' pins
 from tests.services import require
 
 RUN_ID = uuid.uuid4().hex[:10]
 LABELS = {"portal.test": "1", "portal.test.run": RUN_ID}
 TOKEN_KEY = "isolation-test-key-" + RUN_ID
-PINS_191 = {  # what the 1.9.1 fixtures were written with (as in test_runtimes)
-    "scikit-learn": "1.9.1",
-    "numpy": "2.4.6",
-    "scipy": "1.17.1",
-    "joblib": "1.6.0",
-    "threadpoolctl": "3.8.0",
-    "pandas": "3.1.1",
-    "skops": "0.16.0",
-}
 SPAM = "spam_pipeline.joblib"
 BODY = json.dumps({"instances": [["This is a spam email.", "spammer@example.com"]]}).encode()
 
