@@ -167,7 +167,7 @@ def _change_data(user, **changes):
 
 def test_role_changes_in_django_admin_are_audited(superuser_client, make_user):
     alice = make_user("viewer", username="alice")
-    approver = Group.objects.get(name="approver")
+    approver = Group.objects.get_or_create(name="approver")[0]  # a flushed db has no groups
     url = reverse("admin:auth_user_change", args=[alice.pk])
     response = superuser_client.post(url, _change_data(alice, groups=[approver.pk]))
     assert response.status_code == HTTPStatus.FOUND, response.context["adminform"].form.errors
