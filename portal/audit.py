@@ -89,8 +89,7 @@ _file_keys: dict[str, bytes] = {}
 
 
 def audit_key() -> bytes:
-    """PORTAL_AUDIT_KEY, or (development only: production settings require the variable) the
-    key file, created once with a random key."""
+    """PORTAL_AUDIT_KEY, or the key file (PORTAL_AUDIT_KEY_FILE), created once with a random key."""
     if settings.PORTAL_AUDIT_KEY:
         return settings.PORTAL_AUDIT_KEY.encode()
     path = str(settings.PORTAL_AUDIT_KEY_FILE)

@@ -115,14 +115,13 @@ if not DEBUG and len(SECRET_KEY) < 50:
     )
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
 
-# The audit chain's HMAC key lives outside the database (portal.audit). Like the secret key,
-# serving for real requires it; local mode and debug make a key file once under the data dir.
+# The audit chain's HMAC key lives outside the database (portal.audit): PORTAL_AUDIT_KEY, or
+# else a random key made once in PORTAL_AUDIT_KEY_FILE (0600). Only a weak explicit key stops.
 PORTAL_AUDIT_KEY = env.str("PORTAL_AUDIT_KEY", default="")
-if not DEBUG and (PORTAL_AUDIT_KEY or not LOCAL_MODE) and len(PORTAL_AUDIT_KEY) < 32:
+if not DEBUG and PORTAL_AUDIT_KEY and len(PORTAL_AUDIT_KEY) < 32:
     raise ImproperlyConfigured(
-        "PORTAL_AUDIT_KEY must be set to a random string of at least 32 characters "
-        "when DJANGO_DEBUG=false and DJANGO_ALLOWED_HOSTS is set "
-        "(keep it outside the database and its backups)"
+        "PORTAL_AUDIT_KEY must be a random string of at least 32 characters "
+        "(or unset: a key is then made once in PORTAL_AUDIT_KEY_FILE)"
     )
 PORTAL_ARTIFACT_DIR = Path(
     env.str("PORTAL_ARTIFACT_DIR", default=str(PORTAL_DATA_DIR / "artifacts"))
