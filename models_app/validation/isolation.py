@@ -124,6 +124,9 @@ def _probe(cmd: list[str]) -> tuple[bool, str]:
     return proc.returncode == 0, (proc.stderr or proc.stdout).strip()[-300:]
 
 
+SYSTEM_BIN_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+
+
 def isolation(refresh: bool = False) -> dict[str, Any]:
     """Detect, once, which isolation this host allows: namespaces, userns or none."""
     global _isolation_cache
@@ -131,8 +134,13 @@ def isolation(refresh: bool = False) -> dict[str, Any]:
         return _isolation_cache
     notes: list[str] = []
     mode = "none"
-    have = {t: shutil.which(t) for t in ("unshare", "setpriv", "chroot")}
-    if os.geteuid() == 0 and all(have.values()):
+    # chroot lives in /usr/sbin, which a service's or `env -i` PATH may lack: look there too.
+    search = os.pathsep.join([os.environ.get("PATH", ""), *SYSTEM_BIN_DIRS])
+    have = {t: shutil.which(t, path=search) for t in ("unshare", "setpriv", "chroot")}
+    missing = [t for t, found in have.items() if not found]
+    if os.geteuid() == 0 and missing:
+        notes.append(f"not found on this host: {', '.join(missing)} (util-linux, coreutils)")
+    if os.geteuid() == 0 and not missing:
         with tempfile.TemporaryDirectory(prefix="sandbox-probe-") as tmp:
             new, indir, work, rw = (Path(tmp) / d for d in ("root", "in", "work", "rw"))
             for d in (new, indir, work, rw):

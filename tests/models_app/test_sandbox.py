@@ -507,3 +507,16 @@ def test_many_small_files_cannot_fill_the_disk(tmp_path, hostile_env):
     report = run_broken_loader(hostile_pickle(tmp_path, code), fmt="pickle", env=hostile_env)
     assert not report["ok"]
     assert "No space left on device" in report["error"]
+
+
+def test_isolation_finds_chroot_outside_a_minimal_path(monkeypatch):
+    """A service or `env -i` PATH without /usr/sbin still gets the namespace sandbox."""
+    from models_app.validation import isolation as iso
+
+    full = iso.isolation(refresh=True)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    try:
+        assert iso.isolation(refresh=True)["mode"] == full["mode"]
+    finally:
+        monkeypatch.undo()
+        iso.isolation(refresh=True)

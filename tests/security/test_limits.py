@@ -254,10 +254,11 @@ def test_readyz_details_from_outside_are_for_admins_only(role_client, role, sees
 def weak_host(monkeypatch, tmp_path):
     """This host as one without util-linux: the real detection, run with a PATH that holds
     none of unshare, setpriv and chroot, reports isolation 'none'. Detected again afterwards."""
-    from models_app.validation import sandbox
+    from models_app.validation import isolation, sandbox
 
     with monkeypatch.context() as patch:
         patch.setenv("PATH", str(tmp_path))
+        patch.setattr(isolation, "SYSTEM_BIN_DIRS", ())  # nor in the system folders
         detected = sandbox.isolation(refresh=True)
     assert detected["mode"] == "none"
     yield detected
