@@ -199,3 +199,58 @@ class PredictionLog(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%H:%M:%S} {self.deployment_name} {self.status_code}"
+
+
+class PredictionRollup(models.Model):
+    """Prediction figures of one deployment and version over one minute, hour or day.
+
+    Folded from PredictionLog by `deployments_app.rollups` (minutes from raw rows, hours from
+    minutes, days from hours), so pages read a few hundred rollups instead of millions of
+    rows; `histogram` holds latency bucket counts (`portal.latency`) for the percentiles.
+    """
+
+    class Resolution(models.TextChoices):
+        MINUTE = "minute"
+        HOUR = "hour"
+        DAY = "day"
+
+    resolution = models.CharField(max_length=6, choices=Resolution.choices)
+    bucket_start = models.DateTimeField()
+    deployment_name = models.CharField(max_length=63)
+    version_number = models.PositiveIntegerField(default=0, help_text="0: no version known.")
+    requests = models.PositiveIntegerField(default=0)
+    errors_4xx = models.PositiveIntegerField(default=0)
+    errors_5xx = models.PositiveIntegerField(default=0)
+    rows = models.PositiveBigIntegerField(default=0)
+    input_bytes = models.PositiveBigIntegerField(default=0)
+    latency_ms_sum = models.FloatField(default=0.0)
+    histogram = models.JSONField(default=dict)
+
+    class Meta:
+        ordering = ["resolution", "bucket_start", "deployment_name", "version_number"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["resolution", "bucket_start", "deployment_name", "version_number"],
+                name="prediction_rollup_unique_bucket",
+            )
+        ]
+        indexes = [
+            models.Index(
+                fields=["resolution", "deployment_name", "bucket_start"],
+                name="prediction_rollup_by_name",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.resolution} {self.bucket_start:%Y-%m-%d %H:%M} {self.deployment_name}"
+
+
+class PredictionRollupState(models.Model):
+    """The fold's watermark (a single row): every PredictionLog row created before
+    `folded_until` is counted in the rollups; readers add raw rows from there on."""
+
+    folded_until = models.DateTimeField(null=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"folded until {self.folded_until}"

@@ -6,7 +6,7 @@ from celery import shared_task
 from django.core.cache import cache
 from django.utils import timezone
 
-from deployments_app import services
+from deployments_app import retention, rollups, services
 from portal.locks import alone
 from portal.selectors import RECONCILE_LAST_KEY
 
@@ -49,3 +49,18 @@ def prune_images() -> None:
     with alone("portal:prune-lock", timeout=3600) as mine:
         if mine:
             services.images_prune()
+
+
+@shared_task(ignore_result=True)
+def rollups_fold() -> None:
+    # The fold locks its watermark row too; this only spares a queued duplicate the wait.
+    with alone("portal:rollups-fold-lock", timeout=600) as mine:
+        if mine:
+            rollups.prediction_rollups_fold()
+
+
+@shared_task(ignore_result=True)
+def prediction_log_retention() -> None:
+    with alone("portal:retention-lock", timeout=3600) as mine:
+        if mine:
+            retention.prediction_log_retention_run()

@@ -22,7 +22,9 @@ from django.db import connection
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
+from portal import latency
 from portal.audit import ChainReport
+from portal.callstats import LEVELS, Totals, window_totals
 from portal.heartbeat import live_workers
 from portal.models import AuditEvent
 
@@ -79,59 +81,6 @@ def portal_summary() -> dict[str, Any]:
 # ------------------------------------------------------------------- prediction figures
 
 
-def _percentile_columns(vendor: str) -> str:
-    if vendor == "postgresql":
-        array = ", ".join(str(p) for p in PERCENTILES)
-        return f"percentile_cont(ARRAY[{array}]::float8[]) WITHIN GROUP (ORDER BY latency_ms)"
-    # SQLite has no percentile function: nearest rank over a window (rn counts from 1).
-    return ", ".join(f"MIN(CASE WHEN rn >= {p} * n THEN latency_ms END)" for p in PERCENTILES)
-
-
-def _aggregate(
-    *, group_sql: str, group_params: list[Any], since: datetime, deployment_name: str | None
-) -> list[tuple[Any, int, int, list[float | None]]]:
-    """One grouped query: (group, requests, errors, [p50, p95, p99]) per group.
-
-    `group_sql` is an expression over the log table (a time bucket or the deployment name).
-    Percentiles are computed by the database: `percentile_cont` on PostgreSQL, a window
-    function on SQLite; never a Python loop over rows.
-    """
-    table = connection.ops.quote_name(_prediction_log()._meta.db_table)
-    where = "created_at >= %s"
-    params: list[Any] = [connection.ops.adapt_datetimefield_value(since)]
-    if deployment_name:
-        where += " AND deployment_name = %s"
-        params.append(deployment_name)
-    vendor = connection.vendor
-    # Only constants and a quoted table name are interpolated; values travel as parameters.
-    if vendor == "postgresql":
-        sql = (
-            f"SELECT {group_sql} AS g, COUNT(*), "  # noqa: S608
-            f"COUNT(*) FILTER (WHERE status_code >= {ERROR_STATUS}), "
-            f"{_percentile_columns(vendor)} "
-            f"FROM {table} WHERE {where} GROUP BY g ORDER BY g"
-        )
-    else:
-        sql = (
-            f"WITH b AS (SELECT {group_sql} AS g, latency_ms, status_code "  # noqa: S608
-            f"FROM {table} WHERE {where}), "
-            "r AS (SELECT g, latency_ms, status_code, "
-            "ROW_NUMBER() OVER (PARTITION BY g ORDER BY latency_ms) AS rn, "
-            "COUNT(*) OVER (PARTITION BY g) AS n FROM b) "
-            "SELECT g, COUNT(*), "
-            f"SUM(CASE WHEN status_code >= {ERROR_STATUS} THEN 1 ELSE 0 END), "
-            f"{_percentile_columns(vendor)} FROM r GROUP BY g ORDER BY g"
-        )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, group_params + params)
-        rows = cursor.fetchall()
-    out = []
-    for row in rows:
-        percentiles = list(row[3]) if vendor == "postgresql" else list(row[3:6])
-        out.append((row[0], int(row[1]), int(row[2] or 0), percentiles))
-    return out
-
-
 def _bucket_sql(step: int) -> str:
     if connection.vendor == "postgresql":
         return f"(floor(extract(epoch FROM created_at) / {int(step)}))::bigint"
@@ -153,8 +102,9 @@ class CallStats:
     error_rate: float | None = None  # percent, None when there were no calls
 
     @classmethod
-    def from_row(cls, requests: int, errors: int, percentiles, minutes: float) -> CallStats:
-        p50, p95, p99 = (_round(p) for p in percentiles)
+    def from_totals(cls, totals: Totals, minutes: float) -> CallStats:
+        requests, errors = totals.requests, totals.errors
+        p50, p95, p99 = (_round(p) for p in latency.quantiles(totals.histogram, PERCENTILES))
         return cls(
             requests=requests,
             errors=errors,
@@ -169,16 +119,20 @@ class CallStats:
 def deployment_call_stats(
     *, window_seconds: int = 3600, deployment_name: str | None = None
 ) -> dict[str, CallStats]:
-    """Requests per minute, latency percentiles and error rate per deployment name."""
-    since = timezone.now() - timedelta(seconds=window_seconds)
-    rows = _aggregate(
-        group_sql="deployment_name",
-        group_params=[],
-        since=since,
+    """Requests per minute, latency percentiles and error rate per deployment name.
+
+    Read from rollups plus the raw rows not folded yet (portal.callstats); percentiles come
+    from latency buckets (portal.latency), within one bucket (12 %) of the exact value."""
+    now = timezone.now()
+    totals = window_totals(
+        since=now - timedelta(seconds=window_seconds),
+        now=now,
         deployment_name=deployment_name,
+        raw_group_sql="deployment_name",
+        rollup_key=lambda _start, name: name,
     )
     minutes = window_seconds / 60
-    return {name: CallStats.from_row(n, e, p, minutes) for name, n, e, p in rows}
+    return {name: CallStats.from_totals(t, minutes) for name, t in sorted(totals.items())}
 
 
 def prediction_series(
@@ -190,24 +144,27 @@ def prediction_series(
     first = math.floor((now.timestamp() - window) / step) + 1
     last = math.floor(now.timestamp() / step)
     since = datetime.fromtimestamp(first * step, tz=UTC)
-    rows = {
-        int(bucket): (n, e, p)
-        for bucket, n, e, p in _aggregate(
-            group_sql=_bucket_sql(step),
-            group_params=[],
-            since=since,
-            deployment_name=deployment_name,
-        )
-    }
+    # The largest rollup that fits a chart bucket: hours for 4 h buckets, minutes for 30 min.
+    largest = max(seconds for seconds, _ in LEVELS if step % seconds == 0)
+    totals = window_totals(
+        since=since,
+        now=now,
+        deployment_name=deployment_name,
+        raw_group_sql=_bucket_sql(step),
+        rollup_key=lambda start, _name: int(start.timestamp()) // step,
+        largest=largest,
+    )
+    rows = {int(bucket): t for bucket, t in totals.items()}
     labels, requests, errors, p50, p95, p99 = [], [], [], [], [], []
     for bucket in range(first, last + 1):
-        n, e, p = rows.get(bucket, (0, 0, (None, None, None)))
+        t = rows.get(bucket) or Totals()
+        q50, q95, q99 = latency.quantiles(t.histogram, PERCENTILES)
         labels.append(datetime.fromtimestamp(bucket * step, tz=UTC).isoformat())
-        requests.append(n)
-        errors.append(e)
-        p50.append(_round(p[0]))
-        p95.append(_round(p[1]))
-        p99.append(_round(p[2]))
+        requests.append(t.requests)
+        errors.append(t.errors)
+        p50.append(_round(q50))
+        p95.append(_round(q95))
+        p99.append(_round(q99))
     total = sum(requests)
     return {
         "range": range_key if range_key in RANGES else DEFAULT_RANGE,
@@ -238,7 +195,13 @@ def deployment_cards(*, stats: Mapping[str, CallStats]) -> list[dict[str, Any]]:
 
 
 def recent_predictions(*, deployment_name: str, limit: int = 20) -> QuerySet:
-    return _prediction_log().objects.filter(deployment_name=deployment_name).order_by("-id")[:limit]
+    # Newest first by time, so the (deployment_name, created_at) index answers it from the
+    # newest partition alone, however long the history.
+    return (
+        _prediction_log()
+        .objects.filter(deployment_name=deployment_name)
+        .order_by("-created_at", "-id")[:limit]
+    )
 
 
 # ---------------------------------------------------------------------- worker health

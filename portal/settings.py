@@ -192,7 +192,23 @@ PORTAL_WORKER_HEARTBEAT_SECONDS = env.float("PORTAL_WORKER_HEARTBEAT_SECONDS", d
 # Images (process builds) no build record keeps are removed this often, once this old.
 PORTAL_IMAGE_PRUNE_SECONDS = env.float("PORTAL_IMAGE_PRUNE_SECONDS", default=6 * 3600.0)
 PORTAL_IMAGE_PRUNE_MIN_AGE = env.float("PORTAL_IMAGE_PRUNE_MIN_AGE", default=3600.0)
+# Prediction log: raw rows (and captured payloads) are kept this many days, hour and day
+# rollups longer; beat folds closed minutes into rollups and runs retention.
+PORTAL_PREDICTION_LOG_DAYS = env.int("PORTAL_PREDICTION_LOG_DAYS", default=30)
+PORTAL_ROLLUP_DAYS = env.int("PORTAL_ROLLUP_DAYS", default=400)
+PORTAL_ROLLUP_SECONDS = env.float("PORTAL_ROLLUP_SECONDS", default=30.0)
+PORTAL_RETENTION_SECONDS = env.float("PORTAL_RETENTION_SECONDS", default=3600.0)
 CELERY_BEAT_SCHEDULE = {
+    "fold-prediction-rollups": {
+        "task": "deployments_app.tasks.rollups_fold",
+        "schedule": PORTAL_ROLLUP_SECONDS,
+        "options": {"expires": PORTAL_ROLLUP_SECONDS},
+    },
+    "prediction-log-retention": {
+        "task": "deployments_app.tasks.prediction_log_retention",
+        "schedule": PORTAL_RETENTION_SECONDS,
+        "options": {"expires": PORTAL_RETENTION_SECONDS},
+    },
     "reconcile-deployments": {
         "task": "deployments_app.tasks.reconcile",
         "schedule": PORTAL_RECONCILE_SECONDS,
