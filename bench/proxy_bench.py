@@ -486,7 +486,7 @@ class Bench:
             raise RuntimeError(f"validation failed: {outcome.reason}")
         log(f"validated in {time.monotonic() - started:.1f} s: {outcome.requirements}")
         self.runtime = choose_runtime(self.args.runtime, self.tmp)
-        deployment = f"proxy-bench-{os.getpid()}"
+        deployment = self.deployment = f"proxy-bench-{os.getpid()}"
         spec = BuildSpec(
             deployment=deployment,
             model="proxy-bench",
@@ -639,7 +639,7 @@ class Bench:
             schema=outcome.schema,
         )
         deployment = Deployment.objects.create(
-            name="house",
+            name=self.deployment,  # the name its replica token is derived from
             model=model,
             version=version,
             runtime=self.runtime.name,
@@ -883,49 +883,34 @@ def per_call(fn: Callable[[], None], n: int, repeats: int = 5) -> float:
 
 
 def profile_proxy(name: str, raw_key: str, endpoint: str, n: int, log_file: Path) -> None:
-    """Where one call's time goes, in-process, on the same WSGI application gunicorn serves
-    (the fast lane for API-key calls): the whole call, each stage alone, cProfile."""
-    import io
+    """Where one call's time goes, in-process, through the pipeline every lane runs (its
+    blocking driver, as Django's views drive it): the whole call, each stage alone, cProfile."""
     import logging
 
     from django.utils import timezone
 
-    from deployments_app.predict import inputs, keys, logwriter, proxy
-    from portal.wsgi import application
+    from deployments_app.predict import inputs, keys, logwriter, pipeline, protocols, proxy
 
-    # As under gunicorn, the root logger's console handler writes into a file, not a tty.
+    # As under the server, the root logger's console handler writes into a file, not a tty.
     sink = log_file.open("a")
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.StreamHandler):
             handler.setStream(sink)
 
     body = json.dumps({"features": ROW}).encode()
-    base_environ = {
-        "REQUEST_METHOD": "POST",
-        "PATH_INFO": f"/api/v1/deployments/{name}/predict",
-        "SCRIPT_NAME": "",
-        "QUERY_STRING": "",
-        "SERVER_NAME": "127.0.0.1",
-        "SERVER_PORT": "8000",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "HTTP_HOST": "127.0.0.1",
-        "REMOTE_ADDR": "127.0.0.1",
-        "CONTENT_TYPE": "application/json",
-        "CONTENT_LENGTH": str(len(body)),
-        "HTTP_AUTHORIZATION": f"Bearer {raw_key}",
-        "wsgi.url_scheme": "http",
+    headers = {
+        "host": "127.0.0.1",
+        "content-type": "application/json",
+        "content-length": str(len(body)),
+        "authorization": f"Bearer {raw_key}",
     }
-    statuses: list[str] = []
-
-    def start_response(status, headers):
-        statuses.append(status)
+    route = pipeline.Route(protocols.PORTAL, name)
 
     def call() -> None:
-        environ = dict(base_environ)
-        environ["wsgi.input"] = io.BytesIO(body)
-        b"".join(application(environ, start_response))
-        if not statuses[-1].startswith("200"):
-            raise RuntimeError(f"the fast lane answered {statuses[-1]}")
+        request = pipeline.Request("POST", headers, body, "127.0.0.1", secrets.token_hex(8))
+        answer = pipeline.run_sync(pipeline.plan(route, request))
+        if answer.status != 200:
+            raise RuntimeError(f"the pipeline answered {answer.status}: {answer.body[:200]!r}")
 
     for _ in range(300):
         call()
@@ -950,9 +935,9 @@ def profile_proxy(name: str, raw_key: str, endpoint: str, n: int, log_file: Path
         ("keys.key_check (cached)", lambda: keys.key_check(raw_key)),
         ("keys.rate_limited (one pipelined Redis round trip)", lambda: keys.rate_limited(info)),
         ("proxy.get_target (cached)", lambda: proxy.get_target(name)),
-        ("inputs.parse_body", lambda: inputs.parse_body({"features": ROW}, target.schema)),
+        ("inputs.parse_body", lambda: inputs.parse_body({"features": ROW}, target.stable.schema)),
         ("proxy.forward (urllib3 POST to the container)",
-         lambda: proxy.forward(target, upstream_body)),
+         lambda: proxy.forward(target, target.stable, upstream_body)),
         ("logwriter.write (one-row INSERT + COMMIT)", log_row),
     ]  # fmt: skip
     measured = [(label, per_call(fn, min(n, 1000))) for label, fn in stages]
@@ -966,7 +951,7 @@ def profile_proxy(name: str, raw_key: str, endpoint: str, n: int, log_file: Path
     stats = pstats.Stats(prof)
 
     print()
-    print(f"## Profile of the proxy path (in-process, the WSGI fast lane, {n} calls per figure)")
+    print(f"## Profile of the proxy path (in-process, the pipeline's blocking driver, {n} calls)")
     print()
     print(f"whole call: {full:.0f} us wall, {cpu_per_call:.0f} us CPU")
     print()
@@ -975,7 +960,7 @@ def profile_proxy(name: str, raw_key: str, endpoint: str, n: int, log_file: Path
     for label, us in measured:
         print(f"| {label} | {us:.0f} us |")
     rest = full - sum(us for _, us in measured)
-    print(f"| everything else (WSGI, request, JSON, headers, metrics) | {rest:.0f} us |")
+    print(f"| everything else (the plan's steps, JSON, headers, metrics) | {rest:.0f} us |")
     print()
     print("top 25 functions by cumulative CPU time (cProfile, per call):")
     rows = sorted(stats.stats.items(), key=lambda kv: kv[1][3], reverse=True)[:25]
@@ -1082,7 +1067,7 @@ def main() -> int:
         server_line = (
             f"uvicorn portal.asgi (asynchronous lane), {args.workers} workers"
             if args.server == "uvicorn"
-            else f"gunicorn portal.wsgi (WSGI fast lane), gthread, {args.workers} workers x "
+            else f"gunicorn portal.wsgi (Django views), gthread, {args.workers} workers x "
             f"{args.threads} threads"
         )
         print()

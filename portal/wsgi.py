@@ -1,7 +1,8 @@
-"""WSGI entry point (gunicorn portal.wsgi).
+"""WSGI entry point (`gunicorn portal.wsgi`): Django alone.
 
-API-key prediction calls take the fast lane in deployments_app/predict/fastpath.py; every
-other request goes through Django as usual.
+Every request goes through Django, prediction calls included (the views run the same
+pipeline with its blocking driver). `runportal` serves `portal.asgi` instead, whose lane
+answers API-key prediction calls on the event loop.
 """
 
 import os
@@ -9,8 +10,4 @@ import os
 from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
-_django = get_wsgi_application()
-
-from deployments_app.predict.fastpath import wrap  # noqa: E402 - needs the app registry
-
-application = wrap(_django)
+application = get_wsgi_application()

@@ -71,63 +71,6 @@ def _fresh_proxy_cache():
     keys.forget_leases()
 
 
-class FastLaneClient:
-    """A test client for POSTs through the WSGI fast lane that portal.wsgi installs in front
-    of Django: API-key prediction calls are answered by the lane (no middleware, no URL
-    resolver); whatever the lane hands on is answered by Django's test client as usual."""
-
-    def __init__(self, **defaults):
-        from django.test import Client
-
-        self.django = Client(**defaults)
-
-    def __getattr__(self, name):
-        return getattr(self.django, name)
-
-    def post(self, path, data=None, content_type="application/octet-stream", **extra):
-        import io
-
-        from django.http import HttpResponse
-
-        from deployments_app.predict.fastpath import wrap
-        from portal import wsgi
-
-        assert wsgi.application.django_app is wsgi._django  # the fast lane is installed
-
-        if isinstance(data, str):
-            data = data.encode()
-        environ = self.django._base_environ(
-            PATH_INFO=path,
-            REQUEST_METHOD="POST",
-            CONTENT_TYPE=content_type,
-            CONTENT_LENGTH=str(len(data or b"")),
-            **{"wsgi.input": io.BytesIO(data or b"")},
-            **extra,
-        )
-        handed_over = []
-
-        def to_django(environ, start_response):
-            # The lane passes this request on; Django's test handler answers it (the real
-            # WSGIHandler would close the test's database connection).
-            handed_over.append(True)
-            return []
-
-        started = {}
-
-        def start_response(status, headers, exc_info=None):
-            started["status"], started["headers"] = status, headers
-
-        body = b"".join(wrap(to_django)(environ, start_response))
-        if handed_over:
-            return self.django.post(path, data, content_type=content_type, **extra)
-        response = HttpResponse(body, status=int(started["status"].split()[0]))
-        for header, value in started["headers"]:
-            response[header] = value
-        response.json = lambda: json.loads(body)
-        response.lane = "fast"
-        return response
-
-
 @pytest.fixture(autouse=True)
 def _isolated_storage(settings, tmp_path):
     """Every test gets its own artifact store and upload dir; env and wheel caches are shared."""
@@ -463,6 +406,7 @@ class AsgiLaneClient:
         data = data or b""
         headers = [(b"content-type", content_type.encode()), (b"content-length", b"%d" % len(data))]
         host = extra.pop("HTTP_HOST", "testserver")
+        address = extra.pop("REMOTE_ADDR", "127.0.0.1")
         headers.append((b"host", host.encode()))
         for key, value in extra.items():
             if key.startswith("HTTP_"):
@@ -478,7 +422,7 @@ class AsgiLaneClient:
             "query_string": b"",
             "root_path": "",
             "headers": headers,
-            "client": ("127.0.0.1", 50000),
+            "client": (address, 50000),
             "server": ("testserver", 80),
         }
         handed_over, sent = [], []
@@ -494,7 +438,7 @@ class AsgiLaneClient:
 
         self._run(wrap(to_django)(scope, receive, send))
         if handed_over:
-            extra["HTTP_HOST"] = host
+            extra["HTTP_HOST"], extra["REMOTE_ADDR"] = host, address
             return self.django.post(path, data, content_type=content_type, **extra)
         start = next(m for m in sent if m["type"] == "http.response.start")
         body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
@@ -510,7 +454,7 @@ class AsgiLaneClient:
 def asgi_lane_connections(monkeypatch):
     """For AsgiLaneClient: the lane's worker threads close their database connection after
     every hop (a test database cannot be dropped while they hold one open)."""
-    from deployments_app.predict import fastpath
+    from deployments_app.predict import aio
 
-    real = fastpath._tidy_connections
-    monkeypatch.setattr(fastpath, "_tidy_connections", lambda failed: real(True))
+    real = aio._tidy_connections
+    monkeypatch.setattr(aio, "_tidy_connections", lambda failed: real(True))

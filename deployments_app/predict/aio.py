@@ -1,15 +1,14 @@
-"""The asynchronous data plane: API-key prediction calls served on the event loop.
+"""The asynchronous lane: API-key prediction calls answered on the event loop.
 
 `portal/asgi.py` (what `runportal` serves, with uvicorn) puts `wrap(...)` in front of Django:
-POSTs to `/api/v1/deployments/<name>/predict` and `/v2/models/<name>/infer` that carry an API
-key are answered here; every other request, browser calls with a session included, goes to
-Django (run in a thread pool by a2wsgi). The steps and their answers are the synchronous
-views' own (`views.key_verdict`, `target_verdict`, `check_declared`, `decode_body`,
-`prepare`, the renderers, `proxy.interpret`); only the waiting differs:
+POSTs to the prediction routes (`routes.INFER_ROUTES`) that carry an API key are answered
+here; every other request, browser calls with a session included, goes to Django (run in a
+thread pool by a2wsgi). The steps, their order and their answers are the pipeline's
+(`pipeline.plan`); this module is only its asynchronous driver and the I/O it needs:
 
 * the key, the deployment's replicas and the rate-limit lease come from process memory
   (`*_local`); when only I/O can answer (cache miss, refresh, new lease, last-used write) the
-  synchronous function runs in a worker thread;
+  blocking function runs in a worker thread;
 * the replica is called over keep-alive connections with a small HTTP/1.1 client on asyncio
   streams and httptools (uvicorn's parser): a third of aiohttp's CPU per call and a tenth of
   httpx's, measured here; refused, reset and stale connections fail over as in `forward`;
@@ -17,7 +16,7 @@ views' own (`views.key_verdict`, `target_verdict`, `check_declared`, `decode_bod
   calls into one prepared INSERT on the process's own asyncio PostgreSQL connection.
 
 Django's security middleware is applied to every answer (Host check, HTTPS redirect,
-security headers), as on the WSGI fast lane.
+security headers).
 """
 
 from __future__ import annotations
@@ -34,14 +33,14 @@ from urllib.parse import urlsplit
 
 import httptools
 from django.conf import settings
-from django.db import DatabaseError
-from django.http import JsonResponse
+from django.db import DatabaseError, connections
+from django.http import HttpResponse, JsonResponse
 from django.http.request import split_domain_port, validate_host
-from django.utils.http import parse_header_parameters
-from redis.exceptions import RedisError
+from django.middleware.clickjacking import XFrameOptionsMiddleware
+from django.middleware.security import SecurityMiddleware
 
-from deployments_app.predict import fastpath, keys, logwriter, proxy, views
-from deployments_app.predict.proxy import Forwarded, Target, UpstreamError
+from deployments_app.predict import keys, logwriter, pipeline, proxy, routes
+from deployments_app.predict.proxy import Backend, Forwarded, Target, UpstreamError
 from deployments_app.runtimes.base import socket_path
 from portal.middleware import _VALID as _VALID_REQUEST_ID
 
@@ -51,6 +50,26 @@ ASGIApp = Callable[[Scope, Callable, Callable], Awaitable[None]]
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _passthrough(response):
+    return response
+
+
+_security = SecurityMiddleware(_passthrough)
+_xframe = XFrameOptionsMiddleware(_passthrough)
+
+
+def _tidy_connections(failed: bool) -> None:
+    """What Django's request_finished would decide for a worker thread's connections,
+    without its `SELECT 1` per call: keep them while they work, close after an error and
+    once CONN_MAX_AGE has passed."""
+    now = time.monotonic()
+    for conn in connections.all(initialized_only=True):
+        if conn.connection is None or conn.in_atomic_block:
+            continue  # never end a transaction someone else holds open
+        if failed or conn.errors_occurred or (conn.close_at is not None and now >= conn.close_at):
+            conn.close()
 
 
 async def _in_thread(fn: Callable, *args: Any, **kwargs: Any) -> Any:
@@ -64,7 +83,7 @@ async def _in_thread(fn: Callable, *args: Any, **kwargs: Any) -> Any:
             failed = True
             raise
         finally:
-            fastpath._tidy_connections(failed)
+            _tidy_connections(failed)
 
     return await asyncio.to_thread(run)
 
@@ -180,12 +199,12 @@ async def post(
         return status, data
 
 
-async def forward(target: Target, payload: bytes) -> Forwarded:
+async def forward(target: Target, backend: Backend, payload: bytes) -> Forwarded:
     """proxy.forward on the event loop: round robin, failover, one refresh, same errors."""
     tried: set[str] = set()
     timed_out: UpstreamError | None = None
     for attempt in range(2):
-        for replica, base in target.next_endpoints():
+        for replica, base in backend.next_endpoints(target.name):
             if replica in tried:
                 continue
             tried.add(replica)
@@ -203,7 +222,8 @@ async def forward(target: Target, payload: bytes) -> Forwarded:
             if outcome is not None:
                 return outcome
         if attempt == 0:
-            target = await _in_thread(proxy.get_target, target.name, fresh=True) or target
+            fresh = await _in_thread(proxy.get_target, target.name, fresh=True)
+            backend = proxy.refreshed(fresh, backend)
     if timed_out is not None:
         raise timed_out
     raise UpstreamError(503, "no healthy replica could take the request")
@@ -339,60 +359,65 @@ async def _read_body(receive: Callable, limit: int) -> bytes:
             return b"".join(chunks)
 
 
-async def _call(view, request: _Request, name: str, headers: dict[str, str], body: bytes):
-    """views._run and the frame around it, awaiting where they block."""
-    call = views.Call(request, name)  # type: ignore[arg-type]
-    state = _state()
-    try:
+async def _check_key(need: pipeline.CheckKey) -> keys.KeyInfo | None:
+    info = keys.key_check_local(need.raw)
+    return await _in_thread(keys.key_check, need.raw) if info is keys.MISS else info
+
+
+async def _load_target(need: pipeline.LoadTarget) -> Target | None:
+    target = proxy.get_target_local(need.name)
+    return await _in_thread(proxy.get_target, need.name) if target is proxy.MISS else target
+
+
+async def _lease(need: pipeline.Lease) -> int:
+    wait = keys.rate_limited_local(need.key)
+    return await _in_thread(keys.rate_limited, need.key) if wait is keys.MISS else wait
+
+
+async def _note_bad_key(need: pipeline.NoteBadKey) -> int:
+    return await _in_thread(keys.bad_key_note, need.address)
+
+
+async def _forward(need: pipeline.Forward) -> Forwarded:
+    return await forward(need.target, need.backend, need.body)
+
+
+async def _write_log(need: pipeline.WriteLog) -> None:
+    await _state().log.write(need.row)
+
+
+ASYNC_HANDLERS: dict[type, Callable[[Any], Awaitable[Any]]] = {
+    pipeline.CheckKey: _check_key,
+    pipeline.LoadTarget: _load_target,
+    pipeline.Lease: _lease,
+    pipeline.NoteBadKey: _note_bad_key,
+    pipeline.Forward: _forward,
+    pipeline.WriteLog: _write_log,
+}
+
+
+async def run_async(steps: pipeline.Plan) -> pipeline.Answer:
+    """Drive a plan on the event loop: pipeline.run_sync's rules, awaiting where it blocks."""
+    value: Any = None
+    error: BaseException | None = None
+    while True:
         try:
-            raw = views.raw_key(headers.get("authorization", ""), headers.get("x-api-key", ""))
-            views.address_verdict(call)  # type: ignore[arg-type]
-            info = keys.key_check_local(raw)
-            if info is keys.MISS:
-                info = await _in_thread(keys.key_check, raw)
-            if info is None:
-                await _in_thread(views.bad_key, call)
-            key = views.key_verdict(info, call)  # type: ignore[arg-type]
-            target = proxy.get_target_local(name)
-            if target is proxy.MISS:
-                target = await _in_thread(proxy.get_target, name)
-            target = views.target_verdict(target, call, key)  # type: ignore[arg-type]
-            wait = keys.rate_limited_local(key)
-            if wait is keys.MISS:
-                wait = await _in_thread(keys.rate_limited, key)
-            views.rate_verdict(wait)  # type: ignore[arg-type]
-            content_type, _ = parse_header_parameters(headers.get("content-type", ""))
-            views.check_declared(content_type, headers.get("content-length"))
-            document = views.decode_body(body, call)
-            parsed, upstream_body = views.prepare(call, target, document, view.parse)
-            try:
-                result = await forward(target, upstream_body)
-            except UpstreamError as exc:
-                call.replica = exc.replica
-                raise views.CallError(exc.status, {"error": exc.message}) from exc
-            call.replica, call.upstream_ms = result.replica, result.upstream_ms
-        except views.CallError as exc:
-            if exc.logged:
-                await state.log.write(call.row(exc.status, exc.body.get("error", "")))
-                call.observed(exc.status)
-            else:
-                call.refused(exc)  # a count only, no I/O
-            return views._answer(call, exc.status, exc.body, exc.headers)
-        response = view.render(call, target, result.body, parsed)
-        await state.log.write(call.row(200))  # committed before the answer leaves
-        call.observed(200)
-        return response
-    except (DatabaseError, RedisError) as exc:
-        return views.unavailable_response(exc, request.request_id)
+            need = steps.throw(error) if error is not None else steps.send(value)
+        except StopIteration as stop:
+            return stop.value
+        try:
+            value, error = await ASYNC_HANDLERS[type(need)](need), None
+        except Exception as exc:  # noqa: BLE001 - handed to the step that asked
+            value, error = None, exc
 
 
-def _route(scope: Scope, headers: dict[str, str]) -> tuple[Any, str] | None:
-    return fastpath.route(
-        scope.get("method", ""),
-        scope.get("path", ""),
-        has_key=bool(headers.get("authorization") or headers.get("x-api-key")),
-        prefixed=bool(scope.get("root_path")),
-    )
+def _route(scope: Scope, headers: dict[str, str]) -> pipeline.Route | None:
+    """The route of a call that belongs on this lane: a POST with an API key to a
+    prediction path (a prefixed mount is left to Django's URL handling)."""
+    if scope.get("method") != "POST" or scope.get("root_path") or not pipeline.raw_key(headers):
+        return None
+    found = routes.match(scope.get("path", ""))
+    return pipeline.Route(*found) if found is not None else None
 
 
 def wrap(fallback: ASGIApp) -> ASGIApp:
@@ -416,22 +441,29 @@ def wrap(fallback: ASGIApp) -> ASGIApp:
             await fallback(scope, receive, send)  # Django redirects to HTTPS
             return
         request.request_id = request.request_id or uuid.uuid4().hex
-        view, name = routed
         try:
             body = await _read_body(receive, settings.PORTAL_PREDICT_MAX_BODY_BYTES)
         except ConnectionResetError:
             return
+        call = pipeline.Request(
+            method="POST",
+            headers=headers,
+            body=body,
+            client_ip=request.META["REMOTE_ADDR"],
+            request_id=request.request_id,
+        )
         try:
-            response = await _call(view, request, name, headers, body)
+            answer = await run_async(pipeline.plan(routed, call))
+            response = HttpResponse(answer.body, status=answer.status)
+            for header, value in answer.headers.items():
+                response[header] = value
         except Exception:
             log.exception("prediction call failed (request %s)", request.request_id)
             response = JsonResponse(
                 {"error": "internal error", "request_id": request.request_id}, status=500
             )
         response["X-Request-ID"] = request.request_id
-        response = fastpath._xframe.process_response(
-            request, fastpath._security.process_response(request, response)
-        )
+        response = _xframe.process_response(request, _security.process_response(request, response))
         content = response.content
         response["Content-Length"] = str(len(content))
         await send(

@@ -44,6 +44,7 @@ class ParsedInput:
     rows: list[list[Any]]
     single: bool  # the {"features": [...]} form: answer with one "prediction"
     proba: bool
+    payload: Any = None  # what the log captures of the request (a JSON-ready document)
 
 
 def _records_to_rows(records: list[Any], columns: list[str] | None) -> list[list[Any]]:

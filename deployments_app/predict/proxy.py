@@ -24,6 +24,28 @@ TARGET_TTL = 1.0  # seconds a process trusts its view of a deployment's replicas
 
 
 @dataclass
+class Backend:
+    """One version of a deployment that can take calls: its input schema and its healthy
+    replicas. A deployment serves its stable version; routing to others is the rollout's."""
+
+    version_number: int
+    schema: dict[str, Any]
+    endpoints: list[tuple[str, str]]  # (replica name, base URL)
+
+    def next_endpoints(self, deployment: str) -> list[tuple[str, str]]:
+        """All healthy endpoints, starting at the next one in round-robin order.
+
+        The counter lives per deployment and version, not per cached Target, so refreshing
+        the replica list does not send the next call to the first replica again.
+        """
+        if not self.endpoints:
+            return []
+        counter = _counters.setdefault((deployment, self.version_number), itertools.count())
+        start = next(counter) % len(self.endpoints)
+        return self.endpoints[start:] + self.endpoints[:start]
+
+
+@dataclass
 class Target:
     """What the proxy needs about a deployment, cached briefly per process."""
 
@@ -32,26 +54,23 @@ class Target:
     state: str
     model_id: int
     model_name: str
-    version_number: int
-    schema: dict[str, Any]
     capture_percent: int
-    endpoints: list[tuple[str, str]]  # (replica name, base URL)
+    stable: Backend
     headers: dict[str, str] = field(default_factory=dict)  # what every call sends upstream
     loaded_at: float = field(default_factory=time.monotonic)
 
-    def next_endpoints(self) -> list[tuple[str, str]]:
-        """All healthy endpoints, starting at the next one in round-robin order.
+    def backend(self, version: int | None = None) -> Backend | None:
+        """The backend that serves `version` (None: the one a call is routed to)."""
+        if version is None or version == self.stable.version_number:
+            return self.stable
+        return None
 
-        The counter lives per deployment name, not per cached Target, so refreshing the
-        replica list does not send the next call to the first replica again.
-        """
-        if not self.endpoints:
-            return []
-        start = next(_counters.setdefault(self.name, itertools.count())) % len(self.endpoints)
-        return self.endpoints[start:] + self.endpoints[:start]
+    @property
+    def versions(self) -> list[int]:
+        return [self.stable.version_number]
 
 
-_counters: dict[str, itertools.count] = {}
+_counters: dict[tuple[str, int], itertools.count] = {}
 _targets: dict[str, Target] = {}
 _lock = threading.Lock()
 _client: urllib3.PoolManager | None = None
@@ -179,10 +198,12 @@ def get_target(name: str, *, fresh: bool = False) -> Target | None:
         state=deployment.state,
         model_id=deployment.model_id,
         model_name=deployment.model.name,
-        version_number=deployment.version.number,
-        schema=deployment.version.schema or {},
         capture_percent=deployment.capture_percent,
-        endpoints=endpoints,
+        stable=Backend(
+            version_number=deployment.version.number,
+            schema=deployment.version.schema or {},
+            endpoints=endpoints,
+        ),
         headers=upstream_headers(deployment.name),
     )
     _targets[name] = target
@@ -202,12 +223,13 @@ class Forwarded:
     upstream_ms: float
 
 
-def forward(target: Target, payload: bytes) -> Forwarded:
-    """POST to one healthy replica; on a refused connection try the next, then refresh once."""
+def forward(target: Target, backend: Backend, payload: bytes) -> Forwarded:
+    """POST to one healthy replica of `backend`; on a refused connection try the next, then
+    refresh the replica list once."""
     tried: set[str] = set()
     timed_out: UpstreamError | None = None
     for attempt in range(2):
-        for replica, base in target.next_endpoints():
+        for replica, base in backend.next_endpoints(target.name):
             if replica in tried:
                 continue
             tried.add(replica)
@@ -229,10 +251,16 @@ def forward(target: Target, payload: bytes) -> Forwarded:
             if outcome is not None:
                 return outcome
         if attempt == 0:
-            target = get_target(target.name, fresh=True) or target
+            backend = refreshed(get_target(target.name, fresh=True), backend)
     if timed_out is not None:
         raise timed_out
     raise UpstreamError(503, "no healthy replica could take the request")
+
+
+def refreshed(target: Target | None, backend: Backend) -> Backend:
+    """`backend` as a fresh view of its deployment has it (itself when that view has none)."""
+    fresh = target.backend(backend.version_number) if target is not None else None
+    return fresh or backend
 
 
 def interpret(status: int, data: bytes, replica: str, upstream_ms: float) -> Forwarded | None:

@@ -490,7 +490,9 @@ class DockerRuntime:
             filters.append(f"portal.deployment={deployment}")
         c = client()
         try:
-            containers = c.containers.list(all=True, filters={"label": filters}, ignore_removed=True)
+            containers = c.containers.list(
+                all=True, filters={"label": filters}, ignore_removed=True
+            )
             found = [self._status(ct) for ct in containers if self._mine(ct.labels)]
         finally:
             c.close()

@@ -113,18 +113,16 @@ def served(tmp_path_factory, django_db_blocker):
             runtime.remove_image(ref)
 
 
-@pytest.fixture(params=["django", "fast-lane", "asgi-lane"])
+@pytest.fixture(params=["django", "asgi-lane"])
 def client(request, client):
-    """Every prediction case through all three lanes: Django's stack, the WSGI fast lane
-    (portal.wsgi) and the asynchronous lane (portal.asgi, what runportal serves)."""
+    """Every prediction case through both lanes: Django's stack (the pipeline's blocking
+    driver, as portal.wsgi serves it) and the asynchronous lane (portal.asgi, what runportal
+    serves)."""
     if request.param == "django":
         yield client
         return
-    from tests.conftest import AsgiLaneClient, FastLaneClient
+    from tests.conftest import AsgiLaneClient
 
-    if request.param == "fast-lane":
-        yield FastLaneClient()
-        return
     # The lane works from other threads and its own connection, as in production: it needs
     # committed rows (a transactional test) and must not leave connections open.
     request.node.add_marker(pytest.mark.django_db(transaction=True))
@@ -653,25 +651,25 @@ def _kill_container(name: str) -> None:
     docker.from_env().containers.get(name).kill()
 
 
-# --------------------------------------------------------------------------- the fast lanes
+# --------------------------------------------------------------------------- the lanes
 
 
 @pytest.mark.security
 @pytest.mark.django_db(transaction=True)  # the asynchronous lane reads from other threads
-def test_fast_lanes_answer_like_django(world, key_for, asgi_lane_connections):
+def test_asgi_lane_answers_like_django(world, key_for, asgi_lane_connections):
     """Same status, body shape and headers (security headers, request id, model headers) on
-    Django's stack, the WSGI lane and the asynchronous lane; a foreign Host is refused by
-    Django's rules on each, and a call without a key is always Django's."""
+    Django's stack and the asynchronous lane; a foreign Host is refused by Django's rules,
+    and a call without a key is always Django's."""
     from django.test import Client
 
-    from tests.conftest import AsgiLaneClient, FastLaneClient
+    from tests.conftest import AsgiLaneClient
 
     house, _ = world["house"]
     key = key_for(house)
     asgi = AsgiLaneClient()
     try:
         answers = {}
-        for lane, c in (("django", Client()), ("fast", FastLaneClient()), ("asgi", asgi)):
+        for lane, c in (("django", Client()), ("asgi", asgi)):
             response = _post(
                 c, house.name, {"features": [1500, 3, 2]}, key, HTTP_X_REQUEST_ID="abcd1234"
             )
@@ -683,19 +681,19 @@ def test_fast_lanes_answer_like_django(world, key_for, asgi_lane_connections):
             lane: {k.lower(): v for k, v in r.headers.items() if k.lower() not in skip}
             for lane, r in answers.items()
         }
-        assert headers["fast"] == headers["django"] == headers["asgi"]
+        assert headers["django"] == headers["asgi"]
         assert headers["asgi"]["x-request-id"] == "abcd1234"
         assert headers["asgi"]["x-content-type-options"] == "nosniff"
         assert headers["asgi"]["x-frame-options"] == "DENY"
-        assert answers["asgi"].json() == answers["fast"].json() == answers["django"].json()
-        assert PredictionLog.objects.filter(request_id="abcd1234").count() == 3
+        assert answers["asgi"].json() == answers["django"].json()
+        assert PredictionLog.objects.filter(request_id="abcd1234").count() == 2
 
-        for lane in (FastLaneClient(), asgi):
+        for lane in (asgi,):
             bad_host = _post(
                 lane, house.name, {"features": [1, 2, 3]}, key, HTTP_HOST="evil.example"
             )
             assert bad_host.status_code == 400 and not hasattr(bad_host, "lane")
-            # No key: not a fast lane; Django answers (401), and with a session, CSRF applies.
+            # No key: not for the lane; Django answers (401), and with a session, CSRF applies.
             anonymous = _post(lane, house.name, {"features": [1, 2, 3]})
             assert anonymous.status_code == 401 and not hasattr(anonymous, "lane")
     finally:

@@ -1,4 +1,4 @@
-"""Fixtures of the abuse-limit and bounded-parsing tests: the three prediction lanes, a
+"""Fixtures of the abuse-limit and bounded-parsing tests: both prediction lanes, a
 deployment whose calls are read but not forwarded, a key for it."""
 
 from __future__ import annotations
@@ -16,19 +16,16 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.django_db(transaction=True))
 
 
-@pytest.fixture(params=["django", "fast-lane", "asgi-lane"])
+@pytest.fixture(params=["django", "asgi-lane"])
 def lane(request):
-    """Every prediction case through the three lanes, as in test_predict: Django's stack, the
-    WSGI fast lane and the asynchronous lane (see pytest_collection_modifyitems)."""
+    """Every prediction case through both lanes, as in test_predict: Django's stack (the
+    blocking driver) and the asynchronous lane (see pytest_collection_modifyitems)."""
     from django.test import Client
 
-    from tests.conftest import AsgiLaneClient, FastLaneClient
+    from tests.conftest import AsgiLaneClient
 
     if request.param == "django":
         yield Client()
-        return
-    if request.param == "fast-lane":
-        yield FastLaneClient()
         return
     request.getfixturevalue("asgi_lane_connections")
     client = AsgiLaneClient()

@@ -9,6 +9,7 @@ called with a key scoped elsewhere - 404.
 from __future__ import annotations
 
 import io
+import re
 
 import pytest
 from django.contrib.auth.models import Group
@@ -47,11 +48,20 @@ RULES: dict[str, dict[str, object]] = {
     "api-schema": {"GET": PUBLIC},
     "api-docs": {"GET": PUBLIC},
     "predict": {"POST": PREDICT},
+    "predict-version": {"POST": PREDICT},
+    "mlflow-invocations": {"POST": PREDICT},
+    "mlflow-ping": {"GET": VIEW},
+    "v1-predict": {"POST": PREDICT},
+    "v1-model": {"GET": VIEW},
+    "v2-server": {"GET": PUBLIC},
     "v2-ready": {"GET": PUBLIC},
     "v2-live": {"GET": PUBLIC},
     "v2-model": {"GET": VIEW},
     "v2-model-ready": {"GET": VIEW},
+    "v2-model-version": {"GET": VIEW},
+    "v2-model-version-ready": {"GET": VIEW},
     "v2-infer": {"POST": PREDICT},
+    "v2-infer-version": {"POST": PREDICT},
     "metrics": {"GET": PUBLIC},  # from PORTAL_METRICS_ALLOW addresses (loopback here)
     "model-list": {"GET": VIEW},
     "model-upload": {"GET": UPLOAD, "POST": UPLOAD},
@@ -102,8 +112,16 @@ KWARGS = {
     "alias": "staging",
     "action": "scale",
     "user_id": 1,
+    "version": 1,
 }
-DEPLOYMENT_KWARGS = {"name": "d"}  # for deployment-* and predict/v2 patterns
+DEPLOYMENT_KWARGS = {"name": "d"}  # for deployment-* and prediction patterns
+DEPLOYMENT_ROUTES = ("deployment-", "api-deployment-", "predict", "mlflow-", "v1-", "v2-")
+# Prediction routes: a key scoped to another deployment gets the 404 of a missing one.
+KEYED_ROUTES = {
+    name
+    for name, rule in RULES.items()
+    if name.startswith(DEPLOYMENT_ROUTES[2:]) and rule != {"GET": PUBLIC}
+}
 
 
 def _patterns(resolver=None, prefix=""):
@@ -118,14 +136,15 @@ def _patterns(resolver=None, prefix=""):
 
 def _url(route: str, name: str) -> str:
     kwargs = dict(KWARGS)
-    if name.startswith(("deployment-", "api-deployment-", "predict", "v2-")) and (
+    if name.startswith(DEPLOYMENT_ROUTES) and (
         name != "deployment-create"
     ):
         kwargs.update(DEPLOYMENT_KWARGS)
-    url = route
+    url = route.removeprefix("^").removesuffix("$")  # re_path patterns too
     for key, value in kwargs.items():
         for conv in ("str", "int"):
             url = url.replace(f"<{conv}:{key}>", str(value))
+        url = re.sub(rf"\(\?P<{key}>[^)]*\)", str(value), url)
     assert "<" not in url, f"no sample value for a parameter of {route}"
     return "/" + url
 
@@ -201,7 +220,7 @@ def _denied(response, name: str, who: str) -> bool:
         return True
     return (
         who == "key-elsewhere"
-        and name in ("predict", "v2-infer", "v2-model", "v2-model-ready")
+        and name in KEYED_ROUTES
         and response.status_code == 404
     )
 
@@ -213,7 +232,7 @@ def test_matrix(world, name, route, method, who):
     rule = RULES[name][method]
     client = _client(who, world)
     url = _url(route, name)
-    body = {"features": [1, 2, 3]} if name in ("predict",) else {}
+    body = {"features": [1, 2, 3]} if name.startswith("predict") else {}
     kwargs = (
         {"content_type": "application/json", "data": body}
         if method in ("POST", "PUT", "PATCH", "DELETE")
