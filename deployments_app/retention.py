@@ -2,11 +2,12 @@
 
 Raw rows (and the payloads captured in them) are kept PORTAL_PREDICTION_LOG_DAYS days, hour
 and day rollups PORTAL_ROLLUP_DAYS days, minute rollups as long as the raw rows but at least
-MINUTE_ROLLUP_MIN_DAYS (the day chart is drawn from them). On PostgreSQL whole daily
-partitions are dropped once their last instant is older than the cutoff; rows that landed in
-the default partition, and the whole table on SQLite, are deleted in batches so no
-statement holds locks for long. Raw rows not yet folded into rollups are never removed.
-Each run that removed something writes one audit event saying what.
+MINUTE_ROLLUP_MIN_DAYS (the day chart is drawn from them). On PostgreSQL a daily partition
+is dropped whole once all of it is older than the cutoff (so a day's rows may stay up to a
+day longer); rows of expired days that landed in the default partition, and on SQLite the
+rows older than the cutoff, are deleted in batches so no statement holds locks for long.
+Raw rows not yet folded into rollups are never removed. Each run that removed something
+writes one audit event saying what.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from django.utils import timezone
 from deployments_app import partitions, rollups
 from deployments_app.models import PredictionLog, PredictionRollup
 from portal.audit import Actor, audit_record
+from portal.callstats import floor_to
 
 DELETE_BATCH = 5000
 MINUTE_ROLLUP_MIN_DAYS = 2
@@ -48,14 +50,15 @@ class RetentionReport:
 
 
 def _delete_in_batches(queryset) -> int:
-    """DELETE by primary key, DELETE_BATCH rows per statement and transaction."""
+    """DELETE_BATCH rows per statement and transaction, so no lock is held for long."""
     removed = 0
     while True:
         ids = list(queryset.order_by().values_list("pk", flat=True)[:DELETE_BATCH])
         if not ids:
             return removed
         with transaction.atomic():
-            removed += queryset.model.objects.filter(pk__in=ids).delete()[0]
+            # The queryset's own filter stays, so PostgreSQL prunes partitions.
+            removed += queryset.filter(pk__in=ids).delete()[0]
 
 
 def _raw_remove(cutoff: datetime, report: RetentionReport) -> None:
@@ -65,7 +68,9 @@ def _raw_remove(cutoff: datetime, report: RetentionReport) -> None:
                 report.rows_removed += partitions.partition_rows(part)
                 partitions.partition_drop(part)
                 report.partitions_dropped.append(part.name)
-    # The default partition on PostgreSQL, the whole table on SQLite.
+        # A day goes whole once all of it expired, never row by row: what is left to
+        # delete is only what the default partition caught.
+        cutoff = floor_to(cutoff, 86400)
     report.rows_removed += _delete_in_batches(PredictionLog.objects.filter(created_at__lt=cutoff))
 
 

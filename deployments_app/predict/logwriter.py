@@ -12,6 +12,11 @@ once, so nothing waits on a timer. A failed flush fails every call in it (the vi
 On PostgreSQL a flush is one prepared multi-row INSERT in autocommit on the thread's own
 Django connection: one round trip, where the ORM's bulk_create takes four (BEGIN, INSERT ...
 RETURNING, COMMIT, plus building model instances). Other databases use bulk_create.
+
+On PostgreSQL the INSERT goes to the parent of the daily partitions (deployments_app
+/partitions.py), which routes each row. A row's created_at is taken just before its flush, so
+it may commit a moment after its minute closed: the rollup fold (deployments_app/rollups.py)
+waits a grace period and refolds recent minutes for that reason.
 """
 
 from __future__ import annotations

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import random
 from datetime import timedelta
+from io import StringIO
 
 import pytest
 from django.conf import settings as dj_settings
+from django.core.management import call_command
 from django.utils import timezone
 
 from deployments_app import partitions, retention, rollups
@@ -139,3 +141,12 @@ def test_beat_schedules_the_fold_and_retention():
         "deployments_app.tasks.rollups_fold",
         "deployments_app.tasks.prediction_log_retention",
     } <= tasks
+
+
+def test_prediction_log_command_folds_and_runs_retention():
+    PredictionLog.objects.bulk_create(PredictionLog(**log_row(_at(20))) for _ in range(2))
+    out = StringIO()
+    call_command("prediction_log", "--retention", stdout=out)
+    assert "folded 2 calls" in out.getvalue()
+    assert "2 raw rows removed" in out.getvalue()
+    assert not PredictionLog.objects.exists()
