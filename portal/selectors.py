@@ -30,10 +30,12 @@ from portal.models import AuditEvent
 
 logger = logging.getLogger(__name__)
 
-# range key -> (window seconds, bucket seconds): about 40-60 points per chart.
+# range key -> (window seconds, bucket seconds): 24-60 points per chart. Buckets are whole
+# rollups (minute, hour), so a day is 24 hourly points: 30-minute points would need 1,440
+# minute rollups per deployment on every poll.
 RANGES: dict[str, tuple[int, int]] = {
     "hour": (3600, 60),
-    "day": (86400, 1800),
+    "day": (86400, 3600),
     "week": (7 * 86400, 4 * 3600),
 }
 DEFAULT_RANGE = "hour"

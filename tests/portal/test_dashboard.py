@@ -153,7 +153,7 @@ def test_series_buckets_requests_errors_and_percentiles(role_client):
 
 @pytest.mark.django_db
 @pytest.mark.parametrize(
-    "range_key,bucket", [("hour", 60), ("day", 1800), ("week", 14400), ("bogus", 60)]
+    "range_key,bucket", [("hour", 60), ("day", 3600), ("week", 14400), ("bogus", 60)]
 )
 def test_range_picker_sets_window_and_bucket(role_client, range_key, bucket):
     log_calls("house", [1.0], ago=timedelta(hours=30))
