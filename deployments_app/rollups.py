@@ -27,7 +27,7 @@ from django.utils import timezone
 from deployments_app.models import PredictionLog, PredictionRollup, PredictionRollupState
 from portal.callstats import Totals, ceil_to, floor_to, raw_totals
 
-GRACE = timedelta(seconds=60)
+GRACE = timedelta(seconds=10)
 REFOLD = timedelta(minutes=5)
 CHUNK = timedelta(hours=6)  # a first fold over a long history commits step by step
 

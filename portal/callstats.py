@@ -123,15 +123,23 @@ def raw_totals(
     return dict(out)
 
 
-def tiles(start: datetime, end: datetime, *, largest: int) -> dict[str, list[tuple[int, int]]]:
+def tiles(
+    start: datetime, end: datetime, *, largest: int, at_watermark: bool = False
+) -> dict[str, list[tuple[int, int]]]:
     """The fewest rollups of at most `largest` seconds that tile [start, end) (both on
-    minute bounds), as epoch ranges per resolution."""
+    minute bounds), as epoch ranges per resolution.
+
+    With `at_watermark` (end is the fold's watermark) the last tile may run past `end`: the
+    hour and day rollups that hold the watermark count exactly the minutes before it, since
+    the fold rebuilds them from minute rollups, which exist only below the watermark."""
     out: dict[str, list[tuple[int, int]]] = {}
     t, stop = int(start.timestamp()), int(end.timestamp())
     while t < stop:
         # A minute always fits: both ends are on minute bounds.
         seconds, name = next(
-            (s, n) for s, n in LEVELS if s <= largest and t % s == 0 and t + s <= stop
+            (s, n)
+            for s, n in LEVELS
+            if s <= largest and t % s == 0 and (t + s <= stop or at_watermark)
         )
         spans = out.setdefault(name, [])
         if spans and spans[-1][1] == t:
@@ -184,7 +192,7 @@ def _window_once(since, now, folded, deployment_name, raw_group_sql, rollup_key,
     ).items():
         out[key].add(t)
     query = Q()
-    for resolution, spans in tiles(head_end, folded, largest=largest).items():
+    for resolution, spans in tiles(head_end, folded, largest=largest, at_watermark=True).items():
         for a, b in spans:
             query |= Q(
                 resolution=resolution,

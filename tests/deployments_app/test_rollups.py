@@ -325,3 +325,15 @@ def test_tiles_use_the_largest_rollups_that_fit():
         (t0 + 2 * day + 3600, int(end.timestamp())),
     ]
     assert set(tiles(start, end, largest=60)) == {"minute"}
+
+
+def test_tiles_at_the_watermark_end_with_the_rollup_that_holds_it():
+    from portal.callstats import tiles
+
+    start = datetime(2026, 1, 1, 22, 58, tzinfo=UTC)
+    mark = datetime(2026, 1, 2, 1, 3, tzinfo=UTC)
+    got = tiles(start, mark, largest=3600, at_watermark=True)
+    t0 = int(datetime(2026, 1, 2, tzinfo=UTC).timestamp())
+    assert got["minute"] == [(int(start.timestamp()), t0 - 3600)]
+    assert got["hour"] == [(t0 - 3600, t0 + 2 * 3600)]  # the last hour holds 01:00-01:03
+    assert tiles(start, mark, largest=86400, at_watermark=True)["day"] == [(t0, t0 + 86400)]
