@@ -50,6 +50,13 @@ MODELS = {"house": "house_price_linreg.pkl", "spam": "spam_pipeline.joblib"}
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, django_db_blocker):
     """Validate, build and start each model once: {alias: (outcome, [(name, endpoint)])}."""
+    with serve_models(MODELS, tmp_path_factory) as found:
+        yield found
+
+
+@contextlib.contextmanager
+def serve_models(models: dict[str, str], tmp_path_factory):
+    """Two replicas of each fixture file in `models` ({alias: filename}), as `served` needs."""
     from django.conf import settings
 
     try:
@@ -69,7 +76,7 @@ def served(tmp_path_factory, django_db_blocker):
     work = tmp_path_factory.mktemp("served")
     served, started, images = {}, [], []
     try:
-        for alias, filename in MODELS.items():
+        for alias, filename in models.items():
             path = work / filename
             shutil.copy(FIXTURE_DIR / filename, path)
             outcome = validate_artifact(path=path, example_rows=manifest[filename]["input_example"])
@@ -778,7 +785,7 @@ def _log_row(request_id):
 
 
 @contextlib.contextmanager
-def _portal_server(tmp_path):
+def portal_server(tmp_path):
     """The portal as runportal serves it (uvicorn, portal.asgi, two workers), on the test
     database, in production mode; stopped afterwards."""
     import os
@@ -835,7 +842,7 @@ def test_asgi_lane_under_load_two_replicas_zero_5xx_and_every_answer_logged(
     key = key_for(house)
     total = 2000
     with (
-        _portal_server(tmp_path) as base,
+        portal_server(tmp_path) as base,
         httpx.Client(timeout=30, limits=httpx.Limits(max_connections=32)) as http,
     ):
         url = f"{base}/api/v1/deployments/{house.name}/predict"
@@ -898,7 +905,7 @@ def test_postgres_down_while_predictions_flow_503_then_recovery(tmp_path, world,
     answers: list[tuple[float, int, str, dict]] = []
     stop = threading.Event()
 
-    with _portal_server(tmp_path) as base, httpx.Client(timeout=15) as http:
+    with portal_server(tmp_path) as base, httpx.Client(timeout=15) as http:
         url = f"{base}/api/v1/deployments/{house.name}/predict"
 
         def loop():

@@ -98,4 +98,6 @@ class MLflowProtocol(Protocol):
                 f", field {body['field']!r})" if "field" in body else ")"
             )
         code = ERROR_CODES.get(status, "INTERNAL_ERROR")
+        # MLflow answers every BAD_REQUEST with 400, input its model cannot take included.
+        status = 400 if status == 422 else status
         return json_answer(status, {"error_code": code, "message": message}, headers)
