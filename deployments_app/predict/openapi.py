@@ -119,80 +119,168 @@ V2_TENSOR = {
 }
 
 
+V2_REQUEST = {
+    "type": "object",
+    "required": ["inputs"],
+    "properties": {
+        "id": {"type": "string"},
+        "inputs": {"type": "array", "items": V2_TENSOR},
+        "parameters": {"type": "object"},
+        "outputs": {"type": "array", "items": {"type": "object"}},
+    },
+}
+V1_BODY = {
+    "type": "object",
+    "required": ["instances"],
+    "properties": {"instances": {"oneOf": [_ROWS, _RECORDS]}},
+}
+PREDICTIONS = {"type": "object", "properties": {"predictions": {"type": "array"}}}
+MLFLOW_ERROR = {
+    "type": "object",
+    "properties": {"error_code": {"type": "string"}, "message": {"type": "string"}},
+}
+_VERSION = {
+    "name": "version",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 1},
+    "description": "model version number",
+}
+_V2_ERRORS = {
+    code: {**answer, "content": {"application/json": {"schema": {"type": "object"}}}}
+    for code, answer in _ERRORS.items()
+}
+
+
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": schema}}}
 
 
+def _op(
+    operation_id: str,
+    tag: str,
+    summary: str,
+    *,
+    body: dict[str, Any] | None = None,
+    answer: dict[str, Any] | None = None,
+    errors: dict[str, Any] | None = None,
+    version: bool = False,
+    public: bool = False,
+) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "operationId": operation_id,
+        "tags": [tag],
+        "summary": summary,
+        "responses": {
+            "200": {"description": "OK", **_json(answer or {"type": "object"})},
+            **(errors if errors is not None else _ERRORS),
+        },
+        "security": [] if public else _SECURITY,
+    }
+    if not public:
+        operation["parameters"] = [_NAME, _VERSION] if version else [_NAME]
+    if body is not None:
+        operation["requestBody"] = {"required": True, "content": body}
+    return operation
+
+
 def add_prediction_paths(result: dict[str, Any], generator, request, public) -> dict[str, Any]:
+    """Every route of deployments_app/predict/urls.py (a test checks that none is missing)."""
+    portal_body = _json(PREDICT_BODY)["content"]
+    mlflow_body = {
+        **_json({"oneOf": PREDICT_BODY["oneOf"][1:5]})["content"],
+        "text/csv": {"schema": {"type": "string"}},
+    }
+    v2_body = {
+        **_json(V2_REQUEST)["content"],
+        # tritonclient's binary framing: JSON header (Inference-Header-Content-Length bytes),
+        # then the tensors; sent with no Content-Type at all.
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    }
+    mlflow_errors = {code: {**a, **_json(MLFLOW_ERROR)} for code, a in _ERRORS.items()}
     paths = result.setdefault("paths", {})
-    paths["/api/v1/deployments/{name}/predict"] = {
-        "post": {
-            "operationId": "predict",
-            "tags": ["predict"],
-            "parameters": [_NAME],
-            "summary": "Predict with a running deployment",
-            "requestBody": {"required": True, **_json(PREDICT_BODY)},
-            "responses": {"200": {"description": "predictions", **_json(PREDICT_OUT)}, **_ERRORS},
-            "security": _SECURITY,
-        }
+    deployment = "/api/v1/deployments/{name}"
+    paths[f"{deployment}/predict"] = {
+        "post": _op(
+            "predict",
+            "predict",
+            "Predict with a running deployment",
+            body=portal_body,
+            answer=PREDICT_OUT,
+        )
     }
-    paths["/v2/models/{name}/infer"] = {
-        "post": {
-            "operationId": "v2_infer",
-            "tags": ["open-inference"],
-            "parameters": [_NAME],
-            "summary": "Open Inference Protocol (KServe V2) inference",
-            "requestBody": {
-                "required": True,
-                **_json(
-                    {
-                        "type": "object",
-                        "required": ["inputs"],
-                        "properties": {
-                            "id": {"type": "string"},
-                            "inputs": {"type": "array", "items": V2_TENSOR},
-                            "parameters": {"type": "object"},
-                            "outputs": {"type": "array"},
-                        },
-                    }
-                ),
-            },
-            "responses": {
-                "200": {"description": "outputs", **_json({"type": "object"})},
-                **_ERRORS,
-            },
-            "security": _SECURITY,
-        }
+    paths[f"{deployment}/versions/{{version}}/predict"] = {
+        "post": _op(
+            "predict_version",
+            "predict",
+            "Predict with one version of a deployment (404 when it does not serve it)",
+            body=portal_body,
+            answer=PREDICT_OUT,
+            version=True,
+        )
     }
-    paths["/v2/models/{name}"] = {
-        "get": {
-            "operationId": "v2_model_metadata",
-            "tags": ["open-inference"],
-            "parameters": [_NAME],
-            "responses": {
-                "200": {"description": "model metadata", **_json({"type": "object"})},
-                **_ERRORS,
-            },
-            "security": _SECURITY,
-        }
+    paths[f"{deployment}/invocations"] = {
+        "post": _op(
+            "mlflow_invocations",
+            "mlflow",
+            "MLflow scoring protocol (as `mlflow models serve`)",
+            body=mlflow_body,
+            answer=PREDICTIONS,
+            errors=mlflow_errors,
+        )
     }
-    paths["/v2/models/{name}/ready"] = {
-        "get": {
-            "operationId": "v2_model_ready",
-            "tags": ["open-inference"],
-            "parameters": [_NAME],
-            "responses": {"200": {"description": "ready"}, **_ERRORS},
-            "security": _SECURITY,
-        }
+    paths[f"{deployment}/ping"] = {
+        "get": _op("mlflow_ping", "mlflow", "MLflow scoring server health (200 when serving)")
     }
-    paths["/v2/health/ready"] = {
-        "get": {
-            "operationId": "v2_ready",
-            "tags": ["open-inference"],
-            "responses": {"200": {"description": "ready"}},
-            "security": [],
-        }
+    paths["/v1/models/{name}:predict"] = {
+        "post": _op(
+            "v1_predict",
+            "kserve-v1",
+            "KServe V1 predict",
+            body=_json(V1_BODY)["content"],
+            answer=PREDICTIONS,
+        )  # fmt: skip
     }
+    paths["/v1/models/{name}"] = {"get": _op("v1_model", "kserve-v1", "KServe V1 readiness")}
+    for prefix, pinned in (
+        ("/v2/models/{name}", False),
+        ("/v2/models/{name}/versions/{version}", True),
+    ):
+        suffix = "_version" if pinned else ""
+        paths[f"{prefix}/infer"] = {
+            "post": _op(
+                f"v2_infer{suffix}",
+                "open-inference",
+                "Open Inference Protocol (KServe V2) inference, JSON or binary tensors",
+                body=v2_body,
+                errors=_V2_ERRORS,
+                version=pinned,
+            )  # fmt: skip
+        }
+        paths[prefix] = {
+            "get": _op(
+                f"v2_model_metadata{suffix}",
+                "open-inference",
+                "Model metadata",
+                errors=_V2_ERRORS,
+                version=pinned,
+            )  # fmt: skip
+        }
+        paths[f"{prefix}/ready"] = {
+            "get": _op(
+                f"v2_model_ready{suffix}",
+                "open-inference",
+                "Model readiness",
+                errors=_V2_ERRORS,
+                version=pinned,
+            )  # fmt: skip
+        }
+    for path, operation_id, summary in (
+        ("/v2", "v2_server_metadata", "Server metadata (extensions: binary_tensor_data)"),
+        ("/v2/health/ready", "v2_ready", "Server readiness"),
+        ("/v2/health/live", "v2_live", "Server liveness"),
+    ):
+        paths[path] = {"get": _op(operation_id, "open-inference", summary, public=True)}
     schemes = result.setdefault("components", {}).setdefault("securitySchemes", {})
     schemes["apiKey"] = {
         "type": "http",
