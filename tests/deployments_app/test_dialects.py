@@ -340,3 +340,75 @@ def test_version_pinned_routes(live):
         meta = http.get(f"{base}/v2/models/{house.name}/versions/2", headers=auth)
         assert meta.status_code == HTTPStatus.NOT_FOUND
     assert PredictionLog.objects.filter(status_code=404, version_number=None).count() == 1
+
+
+# --------------------------------------------------------------------------- both lanes
+
+
+client = tp.client  # every case below through Django's stack and the asynchronous lane
+
+
+def _binary_v2(rows: list[list[float]]) -> tuple[bytes, dict[str, str]]:
+    values = np.array(rows, dtype="<f8")
+    tensor = _tensor("input-0", values, binary=True)
+    body, json_size = triton.InferenceServerClient.generate_request_body(
+        [tensor], outputs=[triton.InferRequestedOutput("predict", binary_data=False)]
+    )
+    return body, {"HTTP_INFERENCE_HEADER_CONTENT_LENGTH": str(json_size)}
+
+
+def test_every_dialect_answers_alike_on_both_lanes(client, world, key_for):
+    """The same plan drives both lanes: same statuses, same bodies, one log row per call."""
+    house, entry = world["house"]
+    rows = entry["input_example"]
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {key_for(house)}"}
+    binary, framing = _binary_v2(rows)
+    cases = [
+        # (path, body, content type ("" = none, as tritonclient), extra headers, status)
+        (f"/v1/models/{house.name}:predict", {"instances": rows}, "application/json", {}, 200),
+        (f"/api/v1/deployments/{house.name}/invocations", {"inputs": rows}, None, {}, 200),
+        (
+            f"/api/v1/deployments/{house.name}/versions/1/predict",
+            {"instances": rows},
+            None,
+            {},
+            200,
+        ),
+        (
+            f"/api/v1/deployments/{house.name}/versions/9/predict",
+            {"instances": rows},
+            None,
+            {},
+            404,
+        ),
+        (f"/v2/models/{house.name}/infer", binary, "", framing, 200),
+        (f"/v2/models/{house.name}/versions/1/infer", binary, "", framing, 200),
+        (f"/v2/models/{house.name}/infer", binary[:-1], "", framing, 400),
+        (f"/v1/models/{house.name}:predict", {"inputs": rows}, None, {}, 400),
+        # MLflow says 400 for every bad input; the log keeps the portal's 422.
+        (f"/api/v1/deployments/{house.name}/invocations", "a,b\n1", "text/csv", {}, 400),
+    ]
+    for path, body, content_type, extra, status in cases:
+        data = body if isinstance(body, bytes | str) else json.dumps(body)
+        response = client.post(
+            path,
+            data=data,
+            content_type="application/json" if content_type is None else content_type,
+            **auth,
+            **extra,
+        )
+        assert response.status_code == status, (path, response.content[:300])
+        answer = response.json()
+        if status != 200:
+            assert answer.get("error") or answer.get("message"), answer
+            continue
+        predictions = answer.get("predictions")
+        if predictions is None:  # V2
+            predictions = answer["outputs"][0]["data"]
+            assert answer["model_version"] == "1"
+        np.testing.assert_allclose(predictions, entry["expected_predict"])
+        assert response["X-Model-Version"] == "1"
+    logged = PredictionLog.objects.filter(deployment_name=house.name)
+    assert logged.count() == len(cases)
+    statuses = sorted(c[4] for c in cases[:-1]) + [422]
+    assert sorted(logged.values_list("status_code", flat=True)) == sorted(statuses)
