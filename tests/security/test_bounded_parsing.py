@@ -2,7 +2,7 @@
 
 Python's json recurses per nesting level: 100,000 `[` raised RecursionError (a 500 with a
 traceback) on every path that parsed request JSON. Each test sends such documents where a
-caller can put JSON: prediction bodies on the three lanes (REST and V2), every DRF endpoint
+caller can put JSON: prediction bodies on both lanes (REST and V2), every DRF endpoint
 that takes a body, and the upload fields (metrics, input example, tags).
 """
 
