@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from portal import latency
 from portal.audit import ChainReport
-from portal.callstats import LEVELS, Totals, window_totals
+from portal.callstats import LEVELS, Totals, ceil_to, window_totals
 from portal.heartbeat import live_workers
 from portal.models import AuditEvent
 
@@ -123,11 +123,13 @@ def deployment_call_stats(
 ) -> dict[str, CallStats]:
     """Requests per minute, latency percentiles and error rate per deployment name.
 
-    Read from rollups plus the raw rows not folded yet (portal.callstats); percentiles come
-    from latency buckets (portal.latency), within one bucket (12 %) of the exact value."""
+    Read from rollups plus the raw rows not folded yet (portal.callstats), over the window's
+    whole minutes; percentiles come from latency buckets (portal.latency), within one bucket
+    (12 %) of the exact value."""
     now = timezone.now()
+    # From the first whole minute in the window: whole minute rollups, no raw head to scan.
     totals = window_totals(
-        since=now - timedelta(seconds=window_seconds),
+        since=ceil_to(now - timedelta(seconds=window_seconds), 60),
         now=now,
         deployment_name=deployment_name,
         raw_group_sql="deployment_name",
