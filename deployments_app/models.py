@@ -56,6 +56,11 @@ class Deployment(models.Model):
     capture_percent = models.PositiveSmallIntegerField(
         default=0, help_text="Share of prediction payloads stored with the log (0 = none)."
     )
+    # Shadow traffic: a copy of this share of calls goes to shadow_version after the answer.
+    shadow_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    shadow_percent = models.PositiveSmallIntegerField(default=0)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -254,3 +259,98 @@ class PredictionRollupState(models.Model):
 
     def __str__(self) -> str:
         return f"folded until {self.folded_until}"
+
+
+class Rollout(models.Model):
+    """Candidates beside a deployment's stable version, each with a share of the traffic.
+
+    A change replaces the whole rollout (a new row: its id seeds the sticky hash, so the
+    layout of callers is the rollout's own). `plan` says how the first candidate's weight
+    moves: `manual` (the weights as given), `canary` (one step) or `linear` (`steps`); each
+    step bakes `bake_seconds` and is judged on the prediction log by `guardrails`.
+    """
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        PROMOTED = "promoted", "Promoted"
+        ROLLED_BACK = "rolled_back", "Rolled back"
+        ABORTED = "aborted", "Aborted"
+        REPLACED = "replaced", "Replaced"
+
+    class Plan(models.TextChoices):
+        MANUAL = "manual", "Manual"
+        CANARY = "canary", "Canary"
+        LINEAR = "linear", "Linear"
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="rollouts")
+    stable_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="+")
+    status = models.CharField(
+        max_length=12, choices=Status.choices, default=Status.ACTIVE, db_index=True
+    )
+    plan = models.CharField(max_length=8, choices=Plan.choices, default=Plan.MANUAL)
+    steps = models.JSONField(default=list, blank=True)  # the first candidate's weight per step
+    step = models.PositiveSmallIntegerField(default=0)
+    step_started_at = models.DateTimeField(null=True, blank=True)
+    bake_seconds = models.PositiveIntegerField(default=300)
+    auto_promote = models.BooleanField(default=False)
+    guardrails = models.JSONField(default=dict, blank=True)
+    sticky_header = models.CharField(max_length=64, blank=True)  # "" = the API key itself
+    candidate_replicas = models.PositiveSmallIntegerField(default=1)
+    verdict = models.CharField(max_length=200, blank=True)
+    decision = models.JSONField(default=dict, blank=True)  # the metrics of the last judgement
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["deployment"],
+                condition=models.Q(status="active"),
+                name="one_active_rollout_per_deployment",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.deployment.name} rollout {self.pk} ({self.status})"
+
+
+class RolloutCandidate(models.Model):
+    rollout = models.ForeignKey(Rollout, on_delete=models.CASCADE, related_name="candidates")
+    version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="+")
+    weight = models.PositiveSmallIntegerField()  # percent of the traffic
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["rollout", "version"], name="one_weight_per_version")
+        ]
+
+    def __str__(self) -> str:
+        return f"v{self.version.number} at {self.weight}%"
+
+
+class ShadowPair(models.Model):
+    """One call answered by the primary version and, after the answer, by the shadow."""
+
+    deployment_name = models.CharField(max_length=63)
+    created_at = models.DateTimeField(db_index=True)
+    request_id = models.CharField(max_length=64, blank=True)
+    primary_version = models.PositiveIntegerField()
+    shadow_version = models.PositiveIntegerField()
+    primary_ms = models.FloatField()
+    shadow_ms = models.FloatField(null=True)
+    shadow_status = models.PositiveSmallIntegerField()
+    primary = models.JSONField()  # {"predictions": [...], "probabilities": [...]}
+    shadow = models.JSONField(null=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["deployment_name", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.deployment_name} v{self.primary_version}/v{self.shadow_version}"

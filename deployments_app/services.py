@@ -257,6 +257,10 @@ def deployment_update(
         raise ConflictError(f"the deployment already serves v{version.number}")
     if deployment.state not in (State.RUNNING, State.DEGRADED):
         raise ConflictError(f"the deployment is {deployment.state}: updates need it running")
+    from deployments_app.rollouts import active_rollout  # rollouts builds on this module
+
+    if active_rollout(deployment) is not None:
+        raise ConflictError("a rollout is active: promote or abort it first")
     action = "deployment.rolled_back" if rollback else "deployment.update_requested"
     with transaction.atomic():
         audit_record(
@@ -696,7 +700,7 @@ def deployment_switch_version(*, deployment_id: int, version_id: int, request_id
 
 def reconcile(*, request_id: str = "") -> dict[str, int]:
     """Compare desired and observed state; repair the difference. Run by Celery beat."""
-    from deployments_app import tasks
+    from deployments_app import rollouts, tasks
     from models_app.services import model_version_requeue_stale
 
     summary = {"converged": 0, "requeued": 0, "failed": 0, "orphans_removed": 0}
@@ -731,6 +735,8 @@ def reconcile(*, request_id: str = "") -> dict[str, int]:
         try:
             if deployment_converge(deployment_id=deployment.pk, request_id=request_id):
                 summary["converged"] += 1
+            if rollouts.wanted_versions(deployment):  # candidates and shadow: theirs too
+                rollouts.rollout_replicas(deployment_id=deployment.pk, request_id=request_id)
         except Exception:  # noqa: BLE001 - one broken deployment must not stop the others
             log.exception("reconcile failed for %s", deployment.name)
     for deployment in Deployment.objects.filter(
@@ -777,12 +783,13 @@ def images_prune(*, min_age_s: float | None = None, request_id: str = "") -> dic
 
 def _remove_orphans() -> int:
     """Remove labelled replicas that no deployment wants (deleted, stopped, old version)."""
-    wanted = {
-        (d.name, d.version.number)
-        for d in Deployment.objects.select_related("version").filter(
-            desired_state=Deployment.Desired.RUNNING
-        )
-    }
+    from deployments_app import rollouts
+
+    wanted = set()
+    for d in Deployment.objects.select_related("version", "shadow_version").filter(
+        desired_state=Deployment.Desired.RUNNING
+    ):
+        wanted |= {(d.name, number) for number in [d.version.number, *rollouts.wanted_versions(d)]}
     busy = set(
         Deployment.objects.exclude(
             state__in=[State.RUNNING, State.DEGRADED, State.STOPPED, State.FAILED]

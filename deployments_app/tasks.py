@@ -6,7 +6,7 @@ from celery import shared_task
 from django.core.cache import cache
 from django.utils import timezone
 
-from deployments_app import retention, rollups, services
+from deployments_app import retention, rollouts, rollups, services
 from portal.locks import alone
 from portal.selectors import RECONCILE_LAST_KEY
 
@@ -33,6 +33,18 @@ def update(deployment_id: int, *, request_id: str = "", version_id: int) -> None
     services.deployment_switch_version(
         deployment_id=deployment_id, version_id=version_id, request_id=request_id
     )
+
+
+@shared_task(**TASK_OPTIONS)
+def rollout_replicas(deployment_id: int, *, request_id: str = "", drain: bool = False) -> None:
+    rollouts.rollout_replicas(deployment_id=deployment_id, request_id=request_id, drain=drain)
+
+
+@shared_task(ignore_result=True)
+def rollouts_judge() -> None:
+    with alone("portal:rollouts-judge-lock", timeout=300) as mine:
+        if mine:
+            rollouts.rollouts_judge()
 
 
 @shared_task(ignore_result=True)
@@ -64,3 +76,4 @@ def prediction_log_retention() -> None:
     with alone("portal:retention-lock", timeout=3600) as mine:
         if mine:
             retention.prediction_log_retention_run()
+            rollouts.shadow_pairs_retention()

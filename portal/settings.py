@@ -198,7 +198,17 @@ PORTAL_PREDICTION_LOG_DAYS = env.int("PORTAL_PREDICTION_LOG_DAYS", default=30)
 PORTAL_ROLLUP_DAYS = env.int("PORTAL_ROLLUP_DAYS", default=400)
 PORTAL_ROLLUP_SECONDS = env.float("PORTAL_ROLLUP_SECONDS", default=30.0)
 PORTAL_RETENTION_SECONDS = env.float("PORTAL_RETENTION_SECONDS", default=3600.0)
+# Rollouts and shadow traffic: copies waiting for the shadow per process (then dropped and
+# counted), how long shadow pairs are kept, how often the guardrails judge active rollouts.
+PORTAL_SHADOW_QUEUE = env.int("PORTAL_SHADOW_QUEUE", default=1000)
+PORTAL_SHADOW_DAYS = env.int("PORTAL_SHADOW_DAYS", default=7)
+PORTAL_ROLLOUT_JUDGE_SECONDS = env.float("PORTAL_ROLLOUT_JUDGE_SECONDS", default=10.0)
 CELERY_BEAT_SCHEDULE = {
+    "judge-rollouts": {
+        "task": "deployments_app.tasks.rollouts_judge",
+        "schedule": PORTAL_ROLLOUT_JUDGE_SECONDS,
+        "options": {"expires": PORTAL_ROLLOUT_JUDGE_SECONDS},
+    },
     "fold-prediction-rollups": {
         "task": "deployments_app.tasks.rollups_fold",
         "schedule": PORTAL_ROLLUP_SECONDS,

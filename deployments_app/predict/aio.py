@@ -39,7 +39,7 @@ from django.http.request import split_domain_port, validate_host
 from django.middleware.clickjacking import XFrameOptionsMiddleware
 from django.middleware.security import SecurityMiddleware
 
-from deployments_app.predict import keys, logwriter, pipeline, proxy, routes
+from deployments_app.predict import keys, logwriter, pipeline, proxy, routes, shadow
 from deployments_app.predict.proxy import Backend, Forwarded, Target, UpstreamError
 from deployments_app.runtimes.base import socket_path
 from portal.middleware import _VALID as _VALID_REQUEST_ID
@@ -94,6 +94,41 @@ class _LoopState:
     def __init__(self) -> None:
         self.idle: dict[str, list[tuple[asyncio.StreamReader, Any]]] = {}  # per replica base
         self.log = AsyncGroupCommit()
+        self.shadow: asyncio.Queue[shadow.Copy] | None = None
+        self.shadow_task: asyncio.Task | None = None
+
+    def shadow_submit(self, copy: shadow.Copy | None) -> None:
+        """Queue a copy for this loop's shadow worker; full: dropped and counted."""
+        if copy is None:
+            return
+        if self.shadow is None:
+            self.shadow = asyncio.Queue(maxsize=settings.PORTAL_SHADOW_QUEUE)
+        try:
+            self.shadow.put_nowait(copy)
+        except asyncio.QueueFull:
+            shadow.SHADOW_CALLS.labels(copy.target.name, "dropped").inc()
+            return
+        if self.shadow_task is None or self.shadow_task.done():
+            self.shadow_task = asyncio.create_task(self._shadow_worker())
+
+    async def _shadow_worker(self) -> None:
+        queue = self.shadow
+        while not queue.empty():
+            copies = [queue.get_nowait() for _ in range(min(queue.qsize(), shadow.BATCH))]
+            rows = []
+            for copy in copies:
+                try:
+                    result = await forward(copy.target, copy.backend, copy.body)
+                except Exception as exc:  # noqa: BLE001 - the shadow's failure is its record
+                    shadow.SHADOW_CALLS.labels(copy.target.name, "failed").inc()
+                    rows.append(shadow.pair(copy, None, exc))
+                else:
+                    shadow.SHADOW_CALLS.labels(copy.target.name, "sent").inc()
+                    rows.append(shadow.pair(copy, result, None))
+            try:
+                await _in_thread(shadow.write_pairs, rows)
+            except Exception:  # noqa: BLE001 - a lost pair must not stop the worker
+                log.exception("could not record %d shadow pair(s)", len(rows))
 
 
 _states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
@@ -452,6 +487,7 @@ def wrap(fallback: ASGIApp) -> ASGIApp:
             client_ip=request.META["REMOTE_ADDR"],
             request_id=request.request_id,
         )
+        answer = None
         try:
             answer = await run_async(pipeline.plan(routed, call))
             response = HttpResponse(answer.body, status=answer.status)
@@ -476,6 +512,8 @@ def wrap(fallback: ASGIApp) -> ASGIApp:
             }
         )
         await send({"type": "http.response.body", "body": content})
+        if answer is not None and answer.shadow is not None:  # after the answer has left
+            _state().shadow_submit(answer.shadow)
 
     application.fallback = fallback  # type: ignore[attr-defined]
     return application
@@ -496,6 +534,8 @@ async def close_loop_state() -> None:
     """Close this loop's idle upstream connections and its log connection."""
     state = _states.pop(asyncio.get_running_loop(), None)
     if state is not None:
+        if state.shadow_task is not None:
+            state.shadow_task.cancel()
         for connections in state.idle.values():
             for _reader, writer in connections:
                 writer.close()

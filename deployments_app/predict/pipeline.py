@@ -34,7 +34,7 @@ from django.db import DatabaseError
 from redis.exceptions import RedisError
 
 from deployments_app.models import Deployment
-from deployments_app.predict import keys, logwriter, metrics, proxy
+from deployments_app.predict import keys, logwriter, metrics, proxy, routing, shadow
 from deployments_app.predict.inputs import InputError, ParsedInput
 from deployments_app.predict.protocols import Answer, Protocol
 from deployments_app.predict.protocols.encoding import EncodingError, decode_content
@@ -42,6 +42,7 @@ from deployments_app.predict.proxy import Backend, Forwarded, Target, UpstreamEr
 
 RUNNING_STATES = (Deployment.State.RUNNING, Deployment.State.DEGRADED)
 BAD_KEY = "invalid, expired or revoked API key"
+PIN_HEADER = "x-portal-version"
 
 
 # --------------------------------------------------------------------------- what goes in
@@ -244,6 +245,7 @@ def plan(route: Route, request: Request) -> Plan:
             return call.answer(protocol.error(request.request_id, 502, exc.body, {}))
         yield WriteLog(call.row(200))  # committed before the answer leaves
         call.observed(200)
+        answer.shadow = _shadow_copy(call, target, parsed, result)
         return call.answer(answer)
     except (DatabaseError, RedisError):
         return protocol.error(
@@ -309,13 +311,38 @@ def _resolve(call: Call, key: keys.KeyInfo | None) -> Generator[Need, Any, tuple
             raise CallError(
                 429, {"error": "rate limit exceeded for this key"}, {"Retry-After": str(wait)}
             )
-    backend = target.backend(route.version)
-    if backend is None:
-        raise CallError(
-            404, {"error": f"deployment '{route.name}' does not serve version {route.version}"}
-        )
+    pinned = _pinned(call)
+    if pinned is None:
+        backend = routing.choose(target, caller=_sticky_caller(call, target))
+    else:
+        backend = target.backend(pinned)
+        if backend is None:
+            raise CallError(
+                404, {"error": f"deployment '{route.name}' does not serve version {pinned}"}
+            )
     call.backend = backend
     return target, backend
+
+
+def _pinned(call: Call) -> int | None:
+    """The version a call asks for: its route's, else an `X-Portal-Version` header."""
+    if call.route.version is not None:
+        return call.route.version
+    header = call.request.headers.get(PIN_HEADER, "").strip()
+    if not header:
+        return None
+    if not header.isdigit() or len(header) > 9:
+        raise CallError(400, {"error": f"{PIN_HEADER} must be a version number"})
+    return int(header)
+
+
+def _sticky_caller(call: Call, target: Target) -> str:
+    """Who the call is, for a sticky split: the rollout's header, else the key (or user)."""
+    if not target.candidates:
+        return ""
+    if target.sticky_header:
+        return call.request.headers.get(target.sticky_header, "")
+    return call.key_prefix or call.caller
 
 
 def _parse(call: Call, backend: Backend) -> ParsedInput:
@@ -347,8 +374,29 @@ def _require_running(target: Target) -> None:
         )
 
 
-def _upstream_body(parsed: ParsedInput) -> bytes:
-    return json.dumps({"instances": parsed.rows, "params": {"proba": parsed.proba}}).encode()
+def _upstream_body(parsed: ParsedInput, *, proba: bool | None = None) -> bytes:
+    wanted = parsed.proba if proba is None else proba
+    return json.dumps({"instances": parsed.rows, "params": {"proba": wanted}}).encode()
+
+
+def _shadow_copy(
+    call: Call, target: Target, parsed: ParsedInput, result: Forwarded
+) -> shadow.Copy | None:
+    """A sampled call's copy for the shadow version (asking for probabilities whenever the
+    shadow has them, so the report can compare them), or None."""
+    backend = target.shadow
+    if backend is None or random.random() * 100 >= target.shadow_percent:  # noqa: S311
+        return None
+    return shadow.Copy(
+        target=target,
+        backend=backend,
+        body=_upstream_body(parsed, proba=bool(backend.schema.get("has_predict_proba"))),
+        request_id=call.request.request_id,
+        primary_version=call.version or 0,
+        primary=result.body,
+        primary_ms=result.upstream_ms,
+        created_at=shadow.now(),
+    )
 
 
 # --------------------------------------------------------------------------- the blocking driver

@@ -16,7 +16,7 @@ from typing import Any
 import urllib3
 from django.conf import settings
 
-from deployments_app.models import Deployment, Replica
+from deployments_app.models import Deployment, Replica, Rollout
 from deployments_app.runtimes import replica_token
 from deployments_app.runtimes.base import TOKEN_HEADER, socket_path
 
@@ -58,16 +58,23 @@ class Target:
     stable: Backend
     headers: dict[str, str] = field(default_factory=dict)  # what every call sends upstream
     loaded_at: float = field(default_factory=time.monotonic)
+    # The active rollout: its id (it seeds the sticky hash), its candidates with their
+    # weights in percent, and the header that names a caller (else the API key).
+    rollout_id: int | None = None
+    candidates: list[tuple[Backend, int]] = field(default_factory=list)
+    sticky_header: str = ""
+    shadow: Backend | None = None
+    shadow_percent: int = 0
 
     def backend(self, version: int | None = None) -> Backend | None:
-        """The backend that serves `version` (None: the one a call is routed to)."""
+        """The backend of `version` among those serving calls (None: the stable one)."""
         if version is None or version == self.stable.version_number:
             return self.stable
-        return None
+        return next((b for b, _ in self.candidates if b.version_number == version), None)
 
     @property
     def versions(self) -> list[int]:
-        return [self.stable.version_number]
+        return [self.stable.version_number, *(b.version_number for b, _ in self.candidates)]
 
 
 _counters: dict[tuple[str, int], itertools.count] = {}
@@ -178,20 +185,40 @@ def get_target(name: str, *, fresh: bool = False) -> Target | None:
     target = _targets.get(name)
     if target is not None and not fresh and time.monotonic() - target.loaded_at < TARGET_TTL:
         return target
-    deployment = Deployment.objects.select_related("version", "model").filter(name=name).first()
+    deployment = (
+        Deployment.objects.select_related("version", "model", "shadow_version")
+        .filter(name=name)
+        .first()
+    )
     if deployment is None:
         _targets.pop(name, None)
         return None
-    endpoints = list(
-        Replica.objects.filter(
-            deployment=deployment,
-            healthy=True,
-            version_number=deployment.version.number,
-        )
+    rollout = (
+        Rollout.objects.filter(deployment=deployment, status=Rollout.Status.ACTIVE)
+        .prefetch_related("candidates__version")
+        .first()
+    )
+    versions = {deployment.version.number: deployment.version}
+    weights: list[tuple[int, int]] = []
+    if rollout is not None:
+        for candidate in rollout.candidates.all():
+            versions[candidate.version.number] = candidate.version
+            weights.append((candidate.version.number, candidate.weight))
+    shadow = deployment.shadow_version if deployment.shadow_percent else None
+    if shadow is not None:
+        versions[shadow.number] = shadow
+    endpoints: dict[int, list[tuple[str, str]]] = {number: [] for number in versions}
+    for replica, endpoint, number in (
+        Replica.objects.filter(deployment=deployment, healthy=True, version_number__in=versions)
         .exclude(endpoint="")
         .order_by("index")
-        .values_list("name", "endpoint")
-    )
+        .values_list("name", "endpoint", "version_number")
+    ):
+        endpoints[number].append((replica, endpoint))
+    backends = {
+        number: Backend(number, version.schema or {}, endpoints[number])
+        for number, version in versions.items()
+    }
     target = Target(
         id=deployment.pk,
         name=deployment.name,
@@ -199,12 +226,13 @@ def get_target(name: str, *, fresh: bool = False) -> Target | None:
         model_id=deployment.model_id,
         model_name=deployment.model.name,
         capture_percent=deployment.capture_percent,
-        stable=Backend(
-            version_number=deployment.version.number,
-            schema=deployment.version.schema or {},
-            endpoints=endpoints,
-        ),
+        stable=backends[deployment.version.number],
         headers=upstream_headers(deployment.name),
+        rollout_id=rollout.pk if rollout is not None else None,
+        candidates=[(backends[number], weight) for number, weight in weights],
+        sticky_header=rollout.sticky_header.lower() if rollout is not None else "",
+        shadow=backends[shadow.number] if shadow is not None else None,
+        shadow_percent=deployment.shadow_percent if shadow is not None else 0,
     )
     _targets[name] = target
     return target

@@ -22,7 +22,7 @@ from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
 from redis.exceptions import RedisError
 
-from deployments_app.predict import keys, metrics, pipeline
+from deployments_app.predict import keys, metrics, pipeline, shadow
 from deployments_app.predict.pipeline import RUNNING_STATES, Route, Session
 from deployments_app.predict.protocols import Answer, Protocol, v2
 from deployments_app.predict.proxy import Target, get_target
@@ -69,7 +69,9 @@ def infer_view(protocol: Protocol):
             session=_session(request, headers),
         )
         route = Route(protocol, name, int(version) if version is not None else None)
-        return to_response(pipeline.run_sync(pipeline.plan(route, call)))
+        answer = pipeline.run_sync(pipeline.plan(route, call))
+        shadow.submit(answer.shadow)  # queued, never waited for
+        return to_response(answer)
 
     view.protocol = protocol  # type: ignore[attr-defined]
     return view

@@ -32,6 +32,7 @@ class Answer:
     status: int
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
+    shadow: Any = None  # a shadow.Copy the driver hands over once the answer is sent
 
 
 def json_answer(status: int, document: Any, headers: dict[str, str] | None = None) -> Answer:
