@@ -1,7 +1,7 @@
 from rest_framework import serializers
 
 from deployments_app import buildlog
-from deployments_app.models import Build, Deployment, DeploymentEvent, Replica
+from deployments_app.models import Build, Deployment, DeploymentEvent, Replica, Rollout
 
 
 class ReplicaOutSerializer(serializers.ModelSerializer):
@@ -134,4 +134,83 @@ class ApiKeyCreateSerializer(serializers.Serializer):
     # Omitted: the default within PORTAL_MAX_KEY_RATE_LIMIT (only admins may exceed the cap).
     rate_limit_per_minute = serializers.IntegerField(
         min_value=1, max_value=1_000_000, required=False, allow_null=True, default=None
+    )
+
+
+# --------------------------------------------------------------------------- rollouts
+
+
+class RolloutCandidateInSerializer(serializers.Serializer):
+    version = serializers.IntegerField(min_value=1)
+    weight = serializers.IntegerField(min_value=0, max_value=100)
+
+
+class RolloutSetSerializer(serializers.Serializer):
+    candidates = RolloutCandidateInSerializer(many=True, allow_empty=False, max_length=4)
+    plan = serializers.ChoiceField(choices=Rollout.Plan.choices, default=Rollout.Plan.MANUAL)
+    steps = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=100),
+        required=False,
+        default=list,
+        max_length=20,
+    )
+    bake_seconds = serializers.IntegerField(min_value=1, max_value=7 * 86400, default=300)
+    auto_promote = serializers.BooleanField(default=False)
+    # Keys and values are checked by the service against DEFAULT_GUARDRAILS.
+    guardrails = serializers.DictField(required=False, default=dict)
+    sticky_header = serializers.CharField(
+        max_length=64, required=False, allow_blank=True, default=""
+    )
+    candidate_replicas = serializers.IntegerField(min_value=1, max_value=8, default=1)
+
+
+class RolloutPromoteSerializer(serializers.Serializer):
+    version = serializers.IntegerField(min_value=1, required=False, allow_null=True, default=None)
+
+
+class RolloutAbortSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+
+
+class RolloutCandidateOutSerializer(serializers.Serializer):
+    version = serializers.IntegerField()
+    weight = serializers.IntegerField()
+    healthy_replicas = serializers.IntegerField()
+    live_share = serializers.FloatField(help_text="share of 200 answers, last 5 minutes")
+
+
+class RolloutOutSerializer(serializers.Serializer):
+    id = serializers.IntegerField(allow_null=True, help_text="null: never had a rollout")
+    status = serializers.CharField(allow_null=True)
+    plan = serializers.CharField(allow_null=True)
+    steps = serializers.ListField(child=serializers.IntegerField())
+    step = serializers.IntegerField()
+    bake_seconds = serializers.IntegerField(allow_null=True)
+    bake_left_s = serializers.IntegerField(allow_null=True)
+    auto_promote = serializers.BooleanField()
+    guardrails = serializers.DictField()
+    sticky_header = serializers.CharField(allow_blank=True)
+    verdict = serializers.CharField(allow_blank=True)
+    decision = serializers.DictField()
+    created_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+    candidates = RolloutCandidateOutSerializer(many=True)
+    stable = RolloutCandidateOutSerializer(help_text="weight: what the candidates leave")
+
+
+class ShadowQuerySerializer(serializers.Serializer):
+    minutes = serializers.IntegerField(min_value=1, max_value=7 * 24 * 60, default=60)
+
+
+class ShadowSetSerializer(serializers.Serializer):
+    version = serializers.IntegerField(min_value=1)
+    percent = serializers.IntegerField(min_value=1, max_value=100)
+
+
+class ShadowOutSerializer(serializers.Serializer):
+    version = serializers.IntegerField(allow_null=True)
+    percent = serializers.IntegerField()
+    report = serializers.DictField(
+        help_text="samples, answered, shadow_error_rate, primary/shadow p50/p95 ms, kind; "
+        "classifiers: label_agreement, mean/max_abs_delta_p; regressors: mae, max_abs_delta"
     )

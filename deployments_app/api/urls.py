@@ -24,4 +24,24 @@ urlpatterns = [
         views.DeploymentEventsApi.as_view(),
         name="api-deployment-events",
     ),
+    path(
+        "deployments/<str:name>/rollout",
+        views.DeploymentRolloutApi.as_view(),
+        name="api-deployment-rollout",
+    ),
+    path(
+        "deployments/<str:name>/rollout/promote",
+        views.DeploymentRolloutPromoteApi.as_view(),
+        name="api-deployment-rollout-promote",
+    ),
+    path(
+        "deployments/<str:name>/rollout/abort",
+        views.DeploymentRolloutAbortApi.as_view(),
+        name="api-deployment-rollout-abort",
+    ),
+    path(
+        "deployments/<str:name>/shadow",
+        views.DeploymentShadowApi.as_view(),
+        name="api-deployment-shadow",
+    ),
 ]

@@ -1,13 +1,17 @@
-"""Deployments REST API: list/retrieve/create/delete and one actions endpoint."""
+"""Deployments REST API: list/retrieve/create/delete, one actions endpoint, rollouts and
+shadow traffic."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from deployments_app import selectors, services
+from deployments_app import rollouts, selectors, services
 from deployments_app.api.serializers import (
     ActionSerializer,
     ApiKeyCreateSerializer,
@@ -16,6 +20,13 @@ from deployments_app.api.serializers import (
     DeploymentCreateSerializer,
     DeploymentOutSerializer,
     EventOutSerializer,
+    RolloutAbortSerializer,
+    RolloutOutSerializer,
+    RolloutPromoteSerializer,
+    RolloutSetSerializer,
+    ShadowOutSerializer,
+    ShadowQuerySerializer,
+    ShadowSetSerializer,
 )
 from deployments_app.models import ApiKey
 from deployments_app.predict import keys
@@ -188,4 +199,115 @@ class ApiKeyDetailApi(APIView):
         if key is None or (key.user_id != request.user.pk and not user_can(request.user, "admin")):
             raise NotFoundError(f"no key with prefix '{prefix}'")
         keys.api_key_revoke(key=key, actor=Actor.from_request(request))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# --------------------------------------------------------------------------- rollouts
+
+
+def _rollout_body(deployment) -> dict:
+    return RolloutOutSerializer(selectors.rollout_status(deployment)).data
+
+
+class DeploymentRolloutApi(APIView):
+    """GET: the active rollout (else the last one). PUT: start one, or replace the active
+    one's configuration."""
+
+    permission_classes = [HasCapability("view", write="deploy")]
+
+    @extend_schema(responses=RolloutOutSerializer)
+    def get(self, request, name: str):
+        return Response(_rollout_body(selectors.deployment_get(name=name)))
+
+    @extend_schema(request=RolloutSetSerializer, responses=RolloutOutSerializer)
+    def put(self, request, name: str):
+        serializer = RolloutSetSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = dict(serializer.validated_data)
+        deployment = selectors.deployment_get(name=name)
+        rollouts.rollout_set(
+            deployment=deployment,
+            candidates=[
+                rollouts.CandidateSpec(c["version"], c["weight"]) for c in data.pop("candidates")
+            ],
+            actor=Actor.from_request(request),
+            **data,
+        )
+        return Response(_rollout_body(deployment))
+
+
+class DeploymentRolloutPromoteApi(APIView):
+    permission_classes = [HasCapability("deploy")]
+
+    @extend_schema(request=RolloutPromoteSerializer, responses=RolloutOutSerializer)
+    def post(self, request, name: str):
+        serializer = RolloutPromoteSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        deployment = rollouts.rollout_promote(
+            deployment=selectors.deployment_get(name=name),
+            actor=Actor.from_request(request),
+            version=serializer.validated_data["version"],
+        )
+        return Response(_rollout_body(deployment))
+
+
+class DeploymentRolloutAbortApi(APIView):
+    permission_classes = [HasCapability("deploy")]
+
+    @extend_schema(request=RolloutAbortSerializer, responses=RolloutOutSerializer)
+    def post(self, request, name: str):
+        serializer = RolloutAbortSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        deployment = selectors.deployment_get(name=name)
+        rollouts.rollout_abort(
+            deployment=deployment,
+            actor=Actor.from_request(request),
+            reason=serializer.validated_data["reason"],
+        )
+        return Response(_rollout_body(deployment))
+
+
+def _shadow_body(deployment, *, minutes: int = 60) -> dict:
+    since = timezone.now() - timedelta(minutes=minutes)
+    return ShadowOutSerializer(
+        {
+            "version": deployment.shadow_version.number if deployment.shadow_version else None,
+            "percent": deployment.shadow_percent,
+            "report": rollouts.shadow_report(deployment=deployment, since=since),
+        }
+    ).data
+
+
+class DeploymentShadowApi(APIView):
+    """GET: the shadow version and its report. PUT: copy a share of the calls to a version
+    after they are answered. DELETE: no shadow traffic."""
+
+    permission_classes = [HasCapability("view", write="deploy")]
+
+    @extend_schema(parameters=[ShadowQuerySerializer], responses=ShadowOutSerializer)
+    def get(self, request, name: str):
+        query = ShadowQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        deployment = selectors.deployment_get(name=name)
+        return Response(_shadow_body(deployment, minutes=query.validated_data["minutes"]))
+
+    @extend_schema(request=ShadowSetSerializer, responses=ShadowOutSerializer)
+    def put(self, request, name: str):
+        serializer = ShadowSetSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        deployment = rollouts.shadow_set(
+            deployment=selectors.deployment_get(name=name),
+            actor=Actor.from_request(request),
+            **serializer.validated_data,
+        )
+        return Response(_shadow_body(deployment))
+
+    @extend_schema(request=None, responses={204: None})
+    def delete(self, request, name: str):
+        rollouts.shadow_set(
+            deployment=selectors.deployment_get(name=name),
+            actor=Actor.from_request(request),
+            version=None,
+            percent=0,
+        )
         return Response(status=status.HTTP_204_NO_CONTENT)

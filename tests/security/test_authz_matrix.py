@@ -87,6 +87,10 @@ RULES: dict[str, dict[str, object]] = {
     "deployment-status": {"GET": VIEW},
     "deployment-action": {"POST": DEPLOY},
     "deployment-create": {"POST": DEPLOY},
+    "deployment-rollout": {"POST": DEPLOY},
+    "deployment-rollout-promote": {"POST": DEPLOY},
+    "deployment-rollout-abort": {"POST": DEPLOY},
+    "deployment-shadow": {"POST": DEPLOY},
     "api-model-list": {"GET": VIEW},
     "api-model-detail": {"GET": VIEW, "DELETE": ADMIN},
     "api-model-archive": {"POST": ARCHIVE},
@@ -103,6 +107,10 @@ RULES: dict[str, dict[str, object]] = {
     "api-deployment-actions": {"POST": DEPLOY},
     "api-deployment-builds": {"GET": VIEW},
     "api-deployment-events": {"GET": VIEW},
+    "api-deployment-rollout": {"GET": VIEW, "PUT": DEPLOY},
+    "api-deployment-rollout-promote": {"POST": DEPLOY},
+    "api-deployment-rollout-abort": {"POST": DEPLOY},
+    "api-deployment-shadow": {"GET": VIEW, "PUT": DEPLOY, "DELETE": DEPLOY},
 }
 KWARGS = {
     "name": "m",
@@ -136,9 +144,7 @@ def _patterns(resolver=None, prefix=""):
 
 def _url(route: str, name: str) -> str:
     kwargs = dict(KWARGS)
-    if name.startswith(DEPLOYMENT_ROUTES) and (
-        name != "deployment-create"
-    ):
+    if name.startswith(DEPLOYMENT_ROUTES) and (name != "deployment-create"):
         kwargs.update(DEPLOYMENT_KWARGS)
     url = route.removeprefix("^").removesuffix("$")  # re_path patterns too
     for key, value in kwargs.items():
@@ -218,11 +224,7 @@ def _denied(response, name: str, who: str) -> bool:
         return True
     if response.status_code == 302 and "/accounts/login/" in response.get("Location", ""):
         return True
-    return (
-        who == "key-elsewhere"
-        and name in KEYED_ROUTES
-        and response.status_code == 404
-    )
+    return who == "key-elsewhere" and name in KEYED_ROUTES and response.status_code == 404
 
 
 @pytest.mark.parametrize(
