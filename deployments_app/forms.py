@@ -1,5 +1,6 @@
 from django import forms
 
+from deployments_app.models import Rollout
 from models_app.models import NAME_VALIDATOR
 
 
@@ -33,3 +34,35 @@ class ScaleForm(forms.Form):
 
 class UpdateForm(forms.Form):
     version = forms.IntegerField(min_value=1)
+
+
+class RolloutForm(forms.Form):
+    """Shape only: the service checks versions, weights and steps against the rollout rules."""
+
+    version = forms.IntegerField(min_value=1, label="Candidate version")
+    weight = forms.IntegerField(min_value=0, max_value=100, initial=10, label="Weight (%)")
+    plan = forms.ChoiceField(choices=Rollout.Plan.choices, initial=Rollout.Plan.MANUAL)
+    steps = forms.CharField(required=False, max_length=200, help_text="rising weights: 10,50")
+    bake_seconds = forms.IntegerField(min_value=1, max_value=7 * 86400, initial=300)
+    auto_promote = forms.BooleanField(required=False)
+    sticky_header = forms.CharField(required=False, max_length=64)
+
+    def clean_steps(self) -> list[int]:
+        text = self.cleaned_data["steps"].strip()
+        try:
+            return [int(part) for part in text.replace(" ", "").split(",") if part]
+        except ValueError as exc:
+            raise forms.ValidationError("steps are whole percentages separated by commas") from exc
+
+
+class PromoteForm(forms.Form):
+    version = forms.IntegerField(min_value=1, required=False)
+
+
+class AbortForm(forms.Form):
+    reason = forms.CharField(required=False, max_length=200)
+
+
+class ShadowForm(forms.Form):
+    version = forms.IntegerField(min_value=1)
+    percent = forms.IntegerField(min_value=1, max_value=100, label="Percent of calls")

@@ -8,6 +8,20 @@ urlpatterns = [
     path("deployments/", views.deployment_list, name="deployment-list"),
     path("deployments/<str:name>/", views.deployment_detail, name="deployment-detail"),
     path("deployments/<str:name>/status", views.deployment_status, name="deployment-status"),
+    path("deployments/<str:name>/rollout", views.deployment_rollout, name="deployment-rollout"),
+    path(
+        "deployments/<str:name>/rollout/promote",
+        views.deployment_rollout,
+        {"op": "promote"},
+        name="deployment-rollout-promote",
+    ),
+    path(
+        "deployments/<str:name>/rollout/abort",
+        views.deployment_rollout,
+        {"op": "abort"},
+        name="deployment-rollout-abort",
+    ),
+    path("deployments/<str:name>/shadow", views.deployment_shadow, name="deployment-shadow"),
     path("deployments/<str:name>/<str:action>", views.deployment_action, name="deployment-action"),
     path(
         "models/<str:model_name>/versions/<int:number>/deploy",

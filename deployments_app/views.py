@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from functools import partial
 
 from django.contrib import messages
@@ -10,11 +11,21 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.template.context_processors import csrf
 from django.template.loader import get_template
+from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
-from deployments_app import buildlog, selectors, services, transitions
+from deployments_app import buildlog, rollouts, selectors, services, transitions
 from deployments_app.api.views import run_action
-from deployments_app.forms import DeployForm, ScaleForm, UpdateForm
+from deployments_app.forms import (
+    AbortForm,
+    DeployForm,
+    PromoteForm,
+    RolloutForm,
+    ScaleForm,
+    ShadowForm,
+    UpdateForm,
+)
 from models_app import selectors as model_selectors
 from portal import selectors as portal_selectors
 from portal import tables
@@ -85,6 +96,7 @@ def _live_context(deployment) -> dict:
             deployment.name, portal_selectors.CallStats()
         ),
         "calls": portal_selectors.recent_predictions(deployment_name=deployment.name),
+        "rollout": selectors.rollout_status(deployment),
     }
 
 
@@ -100,8 +112,24 @@ def deployment_detail(request: HttpRequest, name: str) -> HttpResponse:
             "series": portal_selectors.prediction_series(deployment_name=deployment.name),
             "ranges": list(portal_selectors.RANGES),
             "try_it_body": _try_it_body(deployment),
-        },
+            "rollout_form": RolloutForm(),
+        }
+        | _shadow_context(deployment),
     )
+
+
+SHADOW_REPORT_MINUTES = 60
+
+
+def _shadow_context(deployment) -> dict:
+    since = timezone.now() - timedelta(minutes=SHADOW_REPORT_MINUTES)
+    return {
+        "shadow_report": rollouts.shadow_report(deployment=deployment, since=since),
+        "shadow_series": selectors.shadow_latency_series(
+            deployment_name=deployment.name, since=since
+        ),
+        "shadow_minutes": SHADOW_REPORT_MINUTES,
+    }
 
 
 LIVE_PARTS = {
@@ -112,6 +140,7 @@ LIVE_PARTS = {
     "replicas": "deployments_app/_replicas.html",
     "events": "deployments_app/_events.html",
     "build": "deployments_app/_build_log.html",
+    "rollout": "deployments_app/_rollout.html",
 }
 
 
@@ -227,3 +256,72 @@ def deployment_action(request: HttpRequest, name: str, action: str) -> HttpRespo
     except ApplicationError as exc:
         messages.error(request, exc.message)
     return redirect("deployment-detail", name)
+
+
+# --------------------------------------------------------------------------- rollouts
+
+
+def _form_errors(form) -> str:
+    return "; ".join(f"{field}: {' '.join(errors)}" for field, errors in form.errors.items())
+
+
+@require_POST
+@capability_required("deploy")
+def deployment_rollout(request: HttpRequest, name: str, op: str = "set") -> HttpResponse:
+    """The rollout forms: start or change (set), promote, abort; POST, redirect, GET."""
+    deployment = selectors.deployment_get(name=name)
+    actor = Actor.from_request(request)
+    form_class = {"set": RolloutForm, "promote": PromoteForm, "abort": AbortForm}[op]
+    form = form_class(request.POST)
+    try:
+        if not form.is_valid():
+            raise ApplicationError(_form_errors(form))
+        data = form.cleaned_data
+        if op == "set":
+            rollout = rollouts.rollout_set(
+                deployment=deployment,
+                candidates=[rollouts.CandidateSpec(data["version"], data["weight"])],
+                actor=actor,
+                plan=data["plan"],
+                steps=data["steps"],
+                bake_seconds=data["bake_seconds"],
+                auto_promote=data["auto_promote"],
+                sticky_header=data["sticky_header"],
+            )
+            messages.success(request, f"Rollout {rollout.pk}: v{data['version']} set.")
+        elif op == "promote":
+            deployment = rollouts.rollout_promote(
+                deployment=deployment, actor=actor, version=data["version"]
+            )
+            messages.success(request, f"v{deployment.version.number} promoted to stable.")
+        else:
+            rollouts.rollout_abort(deployment=deployment, actor=actor, reason=data["reason"])
+            messages.success(request, "Rollout aborted: every call goes to the stable version.")
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+    return redirect(reverse("deployment-detail", args=[name]) + "#rollout")
+
+
+@require_POST
+@capability_required("deploy")
+def deployment_shadow(request: HttpRequest, name: str) -> HttpResponse:
+    """Set the shadow version and share, or (the "off" button) turn shadow traffic off."""
+    deployment = selectors.deployment_get(name=name)
+    actor = Actor.from_request(request)
+    try:
+        if "off" in request.POST:
+            rollouts.shadow_set(deployment=deployment, version=None, percent=0, actor=actor)
+            messages.success(request, "Shadow traffic off.")
+        else:
+            form = ShadowForm(request.POST)
+            if not form.is_valid():
+                raise ApplicationError(_form_errors(form))
+            rollouts.shadow_set(deployment=deployment, actor=actor, **form.cleaned_data)
+            messages.success(
+                request,
+                f"Shadow: v{form.cleaned_data['version']} gets a copy of "
+                f"{form.cleaned_data['percent']}% of calls.",
+            )
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+    return redirect(reverse("deployment-detail", args=[name]) + "#shadow")

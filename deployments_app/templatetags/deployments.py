@@ -13,3 +13,11 @@ register = template.Library()
 def allowed_runtimes() -> list[str]:
     """The runtimes a deployer may choose (PORTAL_ALLOWED_RUNTIMES)."""
     return _allowed()
+
+
+@register.filter
+def pct(fraction: float | None, digits: int = 1) -> str:
+    """0.1234 -> "12.3%"; None -> "–"."""
+    if fraction is None:
+        return "–"
+    return f"{float(fraction) * 100:.{int(digits)}f}%"

@@ -1,5 +1,5 @@
 // The deployment page follows its deployment: state, version, buttons, stat cards, latest
-// calls, replicas, history and build log are re-rendered by the server (deployment_status)
+// calls, replicas, rollout, history and build log are re-rendered by the server (deployment_status)
 // and swapped in place. Fast while work is in progress, slower when settled, slower still in
 // a hidden tab. The buttons and the build log are swapped only when they changed, so a
 // version being picked or a log being read is left alone.
@@ -17,6 +17,7 @@
     replicas: document.getElementById("replicas"),
     events: document.getElementById("events"),
     build: document.getElementById("live-build"),
+    rollout: document.getElementById("live-rollout"),
   };
   const keyed = { actions: "actions_key", build: "build_key" };
 

@@ -118,7 +118,7 @@ def test_status_returns_the_live_fragments(role_client):
     data = role_client("deployer").get("/deployments/dep/status").json()
     assert data["state"] == "running" and data["version"] == 1
     assert set(data["html"]) == {
-        "summary", "actions", "stats", "calls", "replicas", "events", "build",
+        "summary", "actions", "stats", "calls", "replicas", "events", "build", "rollout",
     }  # fmt: skip
     assert "start" not in data["actions"] and "stop" in data["actions"]
     assert "alice" in data["html"]["calls"]
