@@ -294,7 +294,8 @@ class Rollout(models.Model):
     bake_seconds = models.PositiveIntegerField(default=300)
     auto_promote = models.BooleanField(default=False)
     guardrails = models.JSONField(default=dict, blank=True)
-    sticky_header = models.CharField(max_length=64, blank=True)  # "" = the API key itself
+    # The header naming a caller for a sticky split ("Authorization": by API key); "" = random.
+    sticky_header = models.CharField(max_length=64, blank=True)
     candidate_replicas = models.PositiveSmallIntegerField(default=1)
     verdict = models.CharField(max_length=200, blank=True)
     decision = models.JSONField(default=dict, blank=True)  # the metrics of the last judgement

@@ -150,7 +150,7 @@ def rollout_set(
                 deployment=deployment,
                 stable_version=deployment.version,
                 step_started_at=now,
-                created_by=actor.user,
+                created_by_id=actor.id,
                 **fields,
             )
             action = "rollout.started"

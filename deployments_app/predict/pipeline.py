@@ -337,12 +337,15 @@ def _pinned(call: Call) -> int | None:
 
 
 def _sticky_caller(call: Call, target: Target) -> str:
-    """Who the call is, for a sticky split: the rollout's header, else the key (or user)."""
-    if not target.candidates:
+    """Who the call is, for a sticky split: the rollout's sticky header names it (the
+    `Authorization` or `X-API-Key` header: the API key, or the user of a session); no
+    sticky header, or a call without it: "" (a random split)."""
+    header = target.sticky_header
+    if not header or not target.candidates:
         return ""
-    if target.sticky_header:
-        return call.request.headers.get(target.sticky_header, "")
-    return call.key_prefix or call.caller
+    if header in ("authorization", "x-api-key"):
+        return call.key_prefix or call.caller
+    return call.request.headers.get(header, "")
 
 
 def _parse(call: Call, backend: Backend) -> ParsedInput:

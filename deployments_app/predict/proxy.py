@@ -59,7 +59,7 @@ class Target:
     headers: dict[str, str] = field(default_factory=dict)  # what every call sends upstream
     loaded_at: float = field(default_factory=time.monotonic)
     # The active rollout: its id (it seeds the sticky hash), its candidates with their
-    # weights in percent, and the header that names a caller (else the API key).
+    # weights in percent, and the header that names a caller ("" = a random split).
     rollout_id: int | None = None
     candidates: list[tuple[Backend, int]] = field(default_factory=list)
     sticky_header: str = ""
