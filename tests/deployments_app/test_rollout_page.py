@@ -52,6 +52,7 @@ def test_start_a_linear_rollout_from_the_page_then_promote(role_client, world):
     assert rollout.steps == [10, 50] and rollout.auto_promote and rollout.sticky_header == "X-User"
     assert "step 1 of 2, 10%" in html
     assert "s left</span> of 300 s" in html
+    assert "sticky by <code>X-User</code>" in html
     assert 'data-action="rollout-promote"' in html and 'data-action="rollout-abort"' in html
     assert AuditEvent.objects.filter(action="rollout.started").count() == 1
     html = _post(client, "/deployments/dep/rollout/promote", {})
