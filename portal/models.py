@@ -1,7 +1,8 @@
-"""The append-only audit log."""
+"""The append-only audit log and personal access tokens."""
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 
 
@@ -50,3 +51,37 @@ class AuditEvent(models.Model):
 
     def delete(self, *args, **kwargs):
         raise RuntimeError("audit events are append-only")
+
+
+class AccessToken(models.Model):
+    """A personal access token for the control-plane API (`pt_<prefix>_<secret>`).
+
+    Only a SHA-256 of the whole token is kept; the raw token is shown once. A request made
+    with it may do what both the owner's roles and the token's scopes allow
+    (portal.roles.SCOPE_CAPABILITIES). Prediction calls use API keys, not these tokens.
+    """
+
+    class Scope(models.TextChoices):
+        READ = "read", "Read"
+        UPLOAD = "upload", "Upload"
+        DEPLOY = "deploy", "Deploy"
+        APPROVE = "approve", "Approve"
+        ADMIN = "admin", "Admin"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="access_tokens"
+    )
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, unique=True)
+    token_hash = models.CharField(max_length=64)
+    scopes = models.JSONField(default=list)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.name} (pt_{self.prefix})"

@@ -34,6 +34,31 @@ CAPABILITIES: dict[str, frozenset[str]] = {
 }
 
 
+# Personal access tokens (portal.tokens): each scope opens these capabilities, and a request
+# made with a token may use a capability only when its scopes open it AND the owner's roles
+# hold it. Every scope opens "view": a token that may upload may also read back what it made.
+SCOPES = ("read", "upload", "deploy", "approve", "admin")
+SCOPE_CAPABILITIES: dict[str, frozenset[str]] = {
+    "read": frozenset({"view"}),
+    "upload": frozenset({"view", "upload", "archive"}),
+    "deploy": frozenset({"view", "deploy", "predict", "replica_endpoints"}),
+    "approve": frozenset({"view", "approve"}),
+    "admin": frozenset(CAPABILITIES),
+}
+# The capability a user's roles must hold to put a scope on a token.
+SCOPE_REQUIRES = {
+    "read": "view",
+    "upload": "upload",
+    "deploy": "deploy",
+    "approve": "approve",
+    "admin": "admin",
+}
+
+
+def scope_capabilities(scopes: list[str] | tuple[str, ...]) -> frozenset[str]:
+    return frozenset().union(*(SCOPE_CAPABILITIES.get(s, frozenset()) for s in scopes))
+
+
 def user_roles(user: Any) -> frozenset[str]:
     """The role names of an authenticated user (cached on the user object per request)."""
     if not getattr(user, "is_authenticated", False):
@@ -47,6 +72,10 @@ def user_roles(user: Any) -> frozenset[str]:
 
 def user_can(user: Any, capability: str) -> bool:
     if not getattr(user, "is_authenticated", False) or not getattr(user, "is_active", False):
+        return False
+    # Set by portal.authentication.AccessTokenAuthentication on the request's user object.
+    token_capabilities = getattr(user, "_portal_token_capabilities", None)
+    if token_capabilities is not None and capability not in token_capabilities:
         return False
     if user.is_superuser:
         return True

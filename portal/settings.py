@@ -283,6 +283,8 @@ PORTAL_JSON_MAX_DEPTH = env.int("PORTAL_JSON_MAX_DEPTH", default=32)
 PORTAL_INVALID_KEY_LIMIT = env.int("PORTAL_INVALID_KEY_LIMIT", default=30)
 # The highest per-minute rate limit a non-admin may give a key (admins may go beyond).
 PORTAL_MAX_KEY_RATE_LIMIT = env.int("PORTAL_MAX_KEY_RATE_LIMIT", default=6000)
+# HTTP basic auth on the API; false leaves personal access tokens and browser sessions.
+PORTAL_API_BASIC_AUTH = env.bool("PORTAL_API_BASIC_AUTH", default=True)
 # Threads per web process for Django's pages and API (the prediction lane needs none).
 PORTAL_WEB_THREADS = env.int("PORTAL_WEB_THREADS", default=8)
 PORTAL_METRICS_ALLOW = env.list("PORTAL_METRICS_ALLOW", default=["127.0.0.1", "::1"])
@@ -366,6 +368,7 @@ SILENCED_SYSTEM_CHECKS = (
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",
+        "portal.authentication.AccessTokenAuthentication",
         "portal.authentication.LockoutBasicAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

@@ -3,7 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from portal import user_api, user_views, views
+from portal import token_api, token_views, user_api, user_views, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -28,6 +28,10 @@ urlpatterns = [
     path("", include("deployments_app.urls")),
     path("api/v1/users", user_api.UserListApi.as_view(), name="api-user-list"),
     path("api/v1/users/<int:user_id>", user_api.UserDetailApi.as_view(), name="api-user-detail"),
+    path("api/v1/tokens", token_api.TokenListApi.as_view(), name="api-token-list"),
+    path("api/v1/tokens/<str:prefix>", token_api.TokenDetailApi.as_view(), name="api-token-detail"),
+    path("tokens/", token_views.token_list, name="token-list"),
+    path("tokens/<str:prefix>/revoke", token_views.token_revoke, name="token-revoke"),
     path("api/v1/", include("models_app.api.urls")),
     path("api/v1/", include("deployments_app.api.urls")),
 ]
