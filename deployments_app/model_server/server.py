@@ -16,7 +16,9 @@ MODEL_FORMAT (joblib|pickle|skops), MODEL_NAME, MODEL_VERSION, MODEL_COLUMNS
 (JSON list or empty), MODEL_ALLOWLIST (the environment's allowlist file), HOST, PORT, MAX_BODY_BYTES
 (default 10 MB), ACCESS_LOG=1 (one line per request on stderr), UDS (listen on this unix
 socket instead of HOST:PORT), REPLICA_TOKEN_FILE (a file holding the token every request
-must carry in ``X-Portal-Replica-Token``; else 401).
+must carry in ``X-Portal-Replica-Token``; else 401), MODEL_BATCH_MAX_SIZE (adaptive batching:
+most rows in one predict call; 0 or 1, the default, is off) and MODEL_BATCH_MAX_WAIT_MS (how
+long an open batch may wait for more requests; default 0). See ``Batcher``.
 Command-line options win over the environment.
 
 The portal runs replicas with ``--uds`` in a directory only it can reach and with a token
@@ -29,6 +31,7 @@ connections, predictions are ready. ``--port 0`` picks a free port; the
 
 Endpoints:
     GET  /health                       {"status": "ready", "model": ..., "version": ...}
+                                       (+ "batching": {...counters} when batching is on)
     POST /predict                      {"instances": [[...]] | [{col: v}], "params": {...}}
     GET  /v2, /v2/health/live, /v2/health/ready
     GET  /v2/models/NAME[/versions/V]  Open Inference Protocol metadata
@@ -40,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import hmac
@@ -126,6 +130,18 @@ def parse_config(argv: list[str] | None = None) -> argparse.Namespace:
         "--access-log", action="store_true", default=env.get("ACCESS_LOG", "") == "1"
     )
     parser.add_argument("--log-level", default=env.get("LOG_LEVEL", "warning"))
+    parser.add_argument(
+        "--batch-max-size",
+        type=int,
+        default=int(env.get("MODEL_BATCH_MAX_SIZE") or 0),
+        help="rows per batched predict call; 0 or 1: no batching",
+    )
+    parser.add_argument(
+        "--batch-max-wait-ms",
+        type=float,
+        default=float(env.get("MODEL_BATCH_MAX_WAIT_MS") or 0),
+        help="how long an open batch may wait for more requests (only under concurrency)",
+    )
     cfg = parser.parse_args(argv)
     cfg.columns = _json_list(cfg.columns, "MODEL_COLUMNS")
     if cfg.format is None:
@@ -337,6 +353,19 @@ class ModelState:
         probs = self.model.predict_proba(x) if proba and self.has_proba else None
         return pred, probs
 
+    # -- batching --------------------------------------------------------------
+
+    def batch_key(self, x):
+        """Inputs with equal keys can be stacked without changing any value or dtype."""
+        if isinstance(x, np.ndarray):
+            return ("array", x.dtype.str, x.shape[1:])
+        return ("frame", tuple(x.columns), tuple(str(d) for d in x.dtypes))
+
+    def stack(self, xs: list):
+        if isinstance(xs[0], np.ndarray):
+            return np.concatenate(xs)
+        return self.pd.concat(xs, ignore_index=True)
+
 
 def _parse_json(body: bytes) -> dict:
     try:
@@ -408,6 +437,191 @@ def _flatten(data) -> list:
 
 
 # --------------------------------------------------------------------------
+# adaptive batching
+# --------------------------------------------------------------------------
+
+
+def _rows(value, start: int, end: int):
+    """Rows start:end of a predict/predict_proba result (a list of arrays: multi-output)."""
+    if isinstance(value, list):
+        return [_rows(v, start, end) for v in value]
+    return value[start:end]
+
+
+class _Waiting:
+    __slots__ = ("future", "key", "proba", "rows", "since", "x")
+
+    def __init__(self, x, rows: int, proba: bool, key, future, since: float):
+        self.x = x
+        self.rows = rows
+        self.proba = proba
+        self.key = key
+        self.future = future
+        self.since = since
+
+
+class Batcher:
+    """Stacks requests that arrive together into one predict call on the predict thread.
+
+    While a batch is computed, new requests queue on the event loop. When the thread is free
+    it takes the queued requests in order, up to ``max_rows`` rows (a request bigger than that
+    runs alone; requests whose inputs cannot be stacked unchanged wait for the next batch).
+    The batch opened when its first request was queued; it closes at ``max_rows`` or ``max_wait``
+    after it opened, but it waits at all only when the previous batch held several requests:
+    a lone request on an idle server runs at once, so batching adds nothing at concurrency 1
+    but the hop to the predict thread (measured in bench/batching_bench.py).
+
+    predict_proba runs for the whole batch when any request asked for it, and is returned only
+    to those that did. When the batched call raises, every request of the batch runs again
+    alone, so only the one that caused the error fails, with the error it gets unbatched.
+    Answers are the same values as unbatched: rows are predicted independently by the models
+    served here, and stacking changes no dtype (see ``ModelState.batch_key``).
+    """
+
+    def __init__(self, state: ModelState, pool, max_rows: int, max_wait_ms: float):
+        self.state = state
+        self.pool = pool
+        self.max_rows = max_rows
+        self.max_wait = max(0.0, max_wait_ms) / 1000
+        self._queue: collections.deque[_Waiting] = collections.deque()
+        self._running = False
+        self._arrived: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._last_requests = 0
+        self.batches = 0  # predict calls made for batches (retries not counted)
+        self.requests = 0
+        self.rows = 0
+        self.largest = 0  # most requests in one batch
+        self.retried = 0  # batches that raised and ran again request by request
+
+    def stats(self) -> dict:
+        return {
+            "max_size": self.max_rows,
+            "max_wait_ms": self.max_wait * 1000,
+            "batches": self.batches,
+            "requests": self.requests,
+            "rows": self.rows,
+            "largest": self.largest,
+            "retried": self.retried,
+        }
+
+    async def predict(self, x, proba: bool):
+        loop = asyncio.get_running_loop()
+        item = _Waiting(
+            x, int(x.shape[0]), proba, self.state.batch_key(x), loop.create_future(), loop.time()
+        )
+        self._queue.append(item)
+        if self._arrived is not None:
+            self._arrived.set()
+        if not self._running:
+            self._running = True
+            self._task = loop.create_task(self._drain())
+        return await item.future
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        batch: list[_Waiting] = []
+        try:
+            while self._queue:
+                if self.max_wait > 0 and self._last_requests > 1:
+                    await self._gather(loop)
+                batch = self._take()
+                if not batch:
+                    continue
+                self._last_requests = len(batch)
+                results = await loop.run_in_executor(self.pool, self._run, batch)
+                for item, result in zip(batch, results, strict=True):
+                    if item.future.done():  # the client went away
+                        continue
+                    if isinstance(result, BaseException):
+                        item.future.set_exception(result)
+                    else:
+                        item.future.set_result(result)
+                batch = []
+        except BaseException as exc:  # never leave a request waiting forever
+            for item in [*batch, *self._queue]:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            self._queue.clear()
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._running = False
+
+    def _queued_rows(self) -> int:
+        key = self._queue[0].key
+        return sum(item.rows for item in self._queue if item.key == key)
+
+    async def _gather(self, loop) -> None:
+        """Wait for more requests until the batch is full or max_wait after it opened."""
+        deadline = self._queue[0].since + self.max_wait
+        while self._queued_rows() < self.max_rows:
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            self._arrived = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), left)
+            except TimeoutError:  # asyncio.TimeoutError is TimeoutError from 3.11
+                return
+            finally:
+                self._arrived = None
+
+    def _take(self) -> list[_Waiting]:
+        batch: list[_Waiting] = []
+        rows = 0
+        later: collections.deque[_Waiting] = collections.deque()
+        queue = self._queue
+        while queue:
+            item = queue.popleft()
+            if item.future.done():
+                continue
+            if not batch:
+                batch.append(item)
+                rows = item.rows
+            elif item.key == batch[0].key and rows + item.rows <= self.max_rows:
+                batch.append(item)
+                rows += item.rows
+            else:
+                later.append(item)
+            if rows >= self.max_rows:
+                break
+        later.extend(queue)
+        self._queue = later
+        return batch
+
+    def _run(self, batch: list[_Waiting]) -> list:
+        """On the predict thread: one call for the batch, split back by row counts."""
+        state = self.state
+        self.batches += 1
+        self.requests += len(batch)
+        self.rows += sum(item.rows for item in batch)
+        self.largest = max(self.largest, len(batch))
+        if len(batch) == 1:
+            return [self._alone(batch[0])]
+        try:
+            x = state.stack([item.x for item in batch])
+            pred, probs = state.predict(x, any(item.proba for item in batch))
+        except Exception:  # noqa: BLE001 - find the request that caused it
+            self.retried += 1
+            return [self._alone(item) for item in batch]
+        out = []
+        start = 0
+        for item in batch:
+            end = start + item.rows
+            mine = _rows(probs, start, end) if item.proba and probs is not None else None
+            out.append((_rows(pred, start, end), mine))
+            start = end
+        return out
+
+    def _alone(self, item: _Waiting):
+        try:
+            return self.state.predict(item.x, item.proba)
+        except Exception as exc:  # noqa: BLE001 - the request's own error, answered as a 500
+            return exc
+
+
+# --------------------------------------------------------------------------
 # the ASGI application
 # --------------------------------------------------------------------------
 
@@ -434,6 +648,7 @@ class App:
         self.token = _read_token(getattr(cfg, "token_file", None))
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._health_body = b""
+        self.batcher: Batcher | None = None
         if state is not None:
             self._on_ready()
 
@@ -441,6 +656,16 @@ class App:
         s = self.state
         self._health_body = _dumps({"status": "ready", "model": s.name, "version": s.version})
         self._v2_prefix = "/v2/models/" + s.name
+        max_rows = getattr(self.cfg, "batch_max_size", 0) or 0
+        if max_rows > 1:
+            self.batcher = Batcher(
+                s, self._predict_pool(), max_rows, getattr(self.cfg, "batch_max_wait_ms", 0.0)
+            )
+
+    def _predict_pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="predict")
+        return self._pool
 
     # -- lifespan --------------------------------------------------------------
 
@@ -517,6 +742,10 @@ class App:
                 return _method_not_allowed("GET, HEAD")
             if self.state is None:
                 return 503, _dumps({"status": "loading"}), None
+            if self.batcher is not None:
+                s = self.state
+                health = {"status": "ready", "model": s.name, "version": s.version}
+                return 200, _dumps({**health, "batching": self.batcher.stats()}), None
             return 200, self._health_body, None
         if path.startswith("/v2"):
             return await self._v2(method, path, scope, receive)
@@ -527,16 +756,43 @@ class App:
             raise BadRequest("model not loaded yet", 503)
         return self.state
 
-    async def _compute(self, fn, state: ModelState, body: bytes):
+    async def _compute(self, prepare, state: ModelState, body: bytes):
         """Small calls are answered on the event loop (no thread hop on the hot path); bigger
         ones, parsing included, on the predict thread, so that /health keeps answering while
-        a large batch is computed (a liveness probe must not mistake it for a hang)."""
-        if len(body) <= INLINE_BODY_BYTES:
-            return fn(state, _parse_json(body))
-        if self._pool is None:
-            self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="predict")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, lambda: fn(state, _parse_json(body)))
+        a large batch is computed (a liveness probe must not mistake it for a hang).
+
+        `prepare(state, payload)` returns (input, wants predict_proba, finish): the protocol's
+        parsing and answer around one shared predict step. With batching on, the predict step
+        always runs on the predict thread through the batcher."""
+        small = len(body) <= INLINE_BODY_BYTES
+        if self.batcher is None:
+            if small:
+                return self._answer(prepare, state, _parse_json(body))
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                self._predict_pool(), lambda: self._answer(prepare, state, _parse_json(body))
+            )
+        if small:
+            x, proba, finish = prepare(state, _parse_json(body))
+        else:
+            loop = asyncio.get_running_loop()
+            x, proba, finish = await loop.run_in_executor(
+                self._predict_pool(), lambda: prepare(state, _parse_json(body))
+            )
+        try:
+            pred, probs = await self.batcher.predict(x, proba)
+        except Exception as exc:  # noqa: BLE001 - reported to the caller as a 500
+            return _predict_failed(exc)
+        return finish(pred, probs)
+
+    @staticmethod
+    def _answer(prepare, state: ModelState, payload: dict):
+        x, proba, finish = prepare(state, payload)
+        try:
+            pred, probs = state.predict(x, proba)
+        except Exception as exc:  # noqa: BLE001 - reported to the caller as a 500
+            return _predict_failed(exc)
+        return finish(pred, probs)
 
     async def _read_body(self, scope, receive) -> bytes:
         limit = self.max_body
@@ -573,6 +829,7 @@ class App:
     # -- /predict --------------------------------------------------------------
 
     def _predict(self, state: ModelState, payload: dict):
+        """POST /predict: (input, wants predict_proba, finish)."""
         if "instances" in payload:
             instances = payload["instances"]
         elif "inputs" in payload:
@@ -586,18 +843,18 @@ class App:
             raise BadRequest('"params" must be an object')
         want_proba = bool(params.get("proba"))
         x = state.build_input(instances)
-        try:
-            pred, probs = state.predict(x, want_proba)
-        except Exception as exc:  # noqa: BLE001 - reported to the caller as a 500
-            return 500, _dumps({"error": f"predict failed: {type(exc).__name__}: {exc}"}), None
-        out = {"predictions": _tolist(pred)}
-        if probs is not None:
-            out["probabilities"] = _tolist(probs)
-            if state.classes is not None:
-                out["classes"] = state.classes
-        out["model"] = state.name
-        out["version"] = state.version
-        return 200, _dumps(out), None
+
+        def finish(pred, probs):
+            out = {"predictions": _tolist(pred)}
+            if probs is not None:
+                out["probabilities"] = _tolist(probs)
+                if state.classes is not None:
+                    out["classes"] = state.classes
+            out["model"] = state.name
+            out["version"] = state.version
+            return 200, _dumps(out), None
+
+        return x, want_proba, finish
 
     # -- Open Inference Protocol (V2) ----------------------------------------
 
@@ -646,6 +903,7 @@ class App:
         return 200, _dumps(_v2_metadata(state)), None
 
     def _v2_infer(self, state: ModelState, payload: dict):
+        """POST .../infer: (input, wants predict_proba, finish)."""
         inputs = payload.get("inputs")
         if not isinstance(inputs, list) or not inputs:
             raise BadRequest('"inputs" must be a non-empty list of tensors')
@@ -670,26 +928,30 @@ class App:
                 names.append("predict_proba")
         instances = _tensors_to_instances(state, inputs)
         x = state.build_input(instances)
-        try:
-            pred, probs = state.predict(x, "predict_proba" in names)
-        except Exception as exc:  # noqa: BLE001 - reported to the caller as a 500
-            return 500, _dumps({"error": f"predict failed: {type(exc).__name__}: {exc}"}), None
-        outputs = []
-        for name in names:
-            arr = np.asarray(pred if name == "predict" else probs)
-            outputs.append(
-                {
-                    "name": name,
-                    "shape": list(arr.shape),
-                    "datatype": _dtype_name(arr),
-                    "data": _tolist(arr.reshape(-1)),
-                }
-            )
-        out = {"model_name": state.name, "model_version": state.version_str}
-        if "id" in payload:
-            out["id"] = payload["id"]
-        out["outputs"] = outputs
-        return 200, _dumps(out), None
+
+        def finish(pred, probs):
+            outputs = []
+            for name in names:
+                arr = np.asarray(pred if name == "predict" else probs)
+                outputs.append(
+                    {
+                        "name": name,
+                        "shape": list(arr.shape),
+                        "datatype": _dtype_name(arr),
+                        "data": _tolist(arr.reshape(-1)),
+                    }
+                )
+            out = {"model_name": state.name, "model_version": state.version_str}
+            if "id" in payload:
+                out["id"] = payload["id"]
+            out["outputs"] = outputs
+            return 200, _dumps(out), None
+
+        return x, "predict_proba" in names, finish
+
+
+def _predict_failed(exc: Exception):
+    return 500, _dumps({"error": f"predict failed: {type(exc).__name__}: {exc}"}), None
 
 
 def _method_not_allowed(allow: str):
