@@ -3,6 +3,8 @@ from django import forms
 from deployments_app.models import Rollout
 from models_app.models import NAME_VALIDATOR
 
+MAX_VERSION = 2**31 - 1  # past the column's range the database would raise, not answer 400
+
 
 class DeployForm(forms.Form):
     name = forms.CharField(
@@ -39,7 +41,7 @@ class UpdateForm(forms.Form):
 class RolloutForm(forms.Form):
     """Shape only: the service checks versions, weights and steps against the rollout rules."""
 
-    version = forms.IntegerField(min_value=1, label="Candidate version")
+    version = forms.IntegerField(min_value=1, max_value=MAX_VERSION, label="Candidate version")
     weight = forms.IntegerField(min_value=0, max_value=100, initial=10, label="Weight (%)")
     plan = forms.ChoiceField(choices=Rollout.Plan.choices, initial=Rollout.Plan.MANUAL)
     steps = forms.CharField(required=False, max_length=200, help_text="rising weights: 10,50")
@@ -56,7 +58,7 @@ class RolloutForm(forms.Form):
 
 
 class PromoteForm(forms.Form):
-    version = forms.IntegerField(min_value=1, required=False)
+    version = forms.IntegerField(min_value=1, max_value=MAX_VERSION, required=False)
 
 
 class AbortForm(forms.Form):
@@ -64,5 +66,5 @@ class AbortForm(forms.Form):
 
 
 class ShadowForm(forms.Form):
-    version = forms.IntegerField(min_value=1)
+    version = forms.IntegerField(min_value=1, max_value=MAX_VERSION)
     percent = forms.IntegerField(min_value=1, max_value=100, label="Percent of calls")

@@ -139,9 +139,11 @@ class ApiKeyCreateSerializer(serializers.Serializer):
 
 # --------------------------------------------------------------------------- rollouts
 
+MAX_VERSION = 2**31 - 1  # past the column's range the database would raise, not answer 400
+
 
 class RolloutCandidateInSerializer(serializers.Serializer):
-    version = serializers.IntegerField(min_value=1)
+    version = serializers.IntegerField(min_value=1, max_value=MAX_VERSION)
     weight = serializers.IntegerField(min_value=0, max_value=100)
 
 
@@ -165,7 +167,9 @@ class RolloutSetSerializer(serializers.Serializer):
 
 
 class RolloutPromoteSerializer(serializers.Serializer):
-    version = serializers.IntegerField(min_value=1, required=False, allow_null=True, default=None)
+    version = serializers.IntegerField(
+        min_value=1, max_value=MAX_VERSION, required=False, allow_null=True, default=None
+    )
 
 
 class RolloutAbortSerializer(serializers.Serializer):
@@ -203,7 +207,7 @@ class ShadowQuerySerializer(serializers.Serializer):
 
 
 class ShadowSetSerializer(serializers.Serializer):
-    version = serializers.IntegerField(min_value=1)
+    version = serializers.IntegerField(min_value=1, max_value=MAX_VERSION)
     percent = serializers.IntegerField(min_value=1, max_value=100)
 
 

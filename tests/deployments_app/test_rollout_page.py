@@ -80,6 +80,8 @@ def test_change_and_abort_from_the_page(role_client, world):
         ({"version": "2", "weight": "150", "plan": "manual", "bake_seconds": "60"}, "weight"),
         ({"version": "9", "weight": "10", "plan": "manual", "bake_seconds": "60"}, "no version 9"),
         ({"version": "x", "weight": "10", "plan": "manual", "bake_seconds": "60"}, "version"),
+        ({"version": str(2**40), "weight": "10", "plan": "manual", "bake_seconds": "60"},
+         "version"),
         ({"version": "2", "weight": "10", "plan": "linear", "steps": "10,abc",
           "bake_seconds": "60"}, "steps"),
         ({"version": "2", "weight": "10", "plan": "linear", "steps": "50,10",
