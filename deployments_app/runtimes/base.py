@@ -154,10 +154,32 @@ class PrunedImage:
 
 @dataclass(frozen=True)
 class ReplicaLimits:
+    """What a replica is given at start (no rebuild): resources and its batching setting."""
+
     memory_mb: int = 512
     cpus: float = 1.0
     pids: int = 128
     tmpfs_mb: int = 64
+    # Adaptive batching in the model server: most rows per predict call (0 or 1: off) and
+    # how long an open batch may wait for more requests under concurrency.
+    batch_max_size: int = 0
+    batch_max_wait_ms: float = 0.0
+
+    def batching(self) -> str:
+        """A label for the setting ("off", or "64/2.0"): a replica started with another
+        setting is replaced, not reused."""
+        if self.batch_max_size <= 1:
+            return "off"
+        return f"{self.batch_max_size}/{float(self.batch_max_wait_ms)}"
+
+    def server_env(self) -> dict[str, str]:
+        """The model server's settings that come from these limits (see server.py)."""
+        if self.batch_max_size <= 1:
+            return {}
+        return {
+            "MODEL_BATCH_MAX_SIZE": str(self.batch_max_size),
+            "MODEL_BATCH_MAX_WAIT_MS": str(float(self.batch_max_wait_ms)),
+        }
 
 
 @dataclass(frozen=True)

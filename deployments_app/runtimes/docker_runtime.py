@@ -62,6 +62,7 @@ BUILD_TIMEOUT = 1800
 PORT_KEY = f"{SERVER_PORT}/tcp"
 MANAGED = "portal.managed"
 INSTANCE = "portal.instance"
+BATCHING = "portal.batching"  # the replica's batching setting (ReplicaLimits.batching())
 
 
 def client(timeout: int = 10) -> docker.DockerClient:
@@ -406,7 +407,11 @@ class DockerRuntime:
             except docker.errors.NotFound:
                 existing = None
             if existing is not None:
-                if existing.image.id == build.digest and existing.status == "running":
+                if (
+                    existing.image.id == build.digest
+                    and existing.status == "running"
+                    and existing.labels.get(BATCHING, "off") == limits.batching()
+                ):
                     return self._status(existing)
                 self._remove(existing)
             # Not root: the container runs as the portal's own uid, which then owns the
@@ -417,6 +422,7 @@ class DockerRuntime:
             environment = {"UDS": f"{REPLICA_SOCKET_DIR}/{SOCKET_NAME}"}
             if token:
                 environment["REPLICA_TOKEN_FILE"] = f"{REPLICA_SOCKET_DIR}/{TOKEN_FILE}"
+            environment.update(limits.server_env())
             labels = {
                 MANAGED: "1",
                 INSTANCE: self.instance,
@@ -424,6 +430,7 @@ class DockerRuntime:
                 "portal.replica": str(index),
                 "portal.version": str(spec.version),
                 "portal.model": spec.model,
+                BATCHING: limits.batching(),
                 **spec.extra_labels,
             }
             try:

@@ -356,7 +356,11 @@ class ProcessRuntime:
         name = replica_name(deployment, index)
         existing = self._read_state(name)
         if existing is not None:
-            if existing.get("build") == build.ref and self._alive(existing):
+            if (
+                existing.get("build") == build.ref
+                and existing.get("batching", "off") == limits.batching()
+                and self._alive(existing)
+            ):
                 return self._status(name, existing)
             self.remove_replica(name)
         build_dir = self._build_dir(build.ref)
@@ -389,6 +393,7 @@ class ProcessRuntime:
             "OPENBLAS_NUM_THREADS": threads,
             "MKL_NUM_THREADS": threads,
             **info["env"],
+            **limits.server_env(),
         }
         replicas = self.state_root / "replicas"
         replicas.mkdir(parents=True, exist_ok=True)
@@ -450,6 +455,7 @@ class ProcessRuntime:
             "uid": uid,
             "isolation": mode,
             "build": build.ref,
+            "batching": limits.batching(),
             "version": spec.version,
             "deployment": deployment,
             "index": index,
