@@ -130,7 +130,7 @@ def rollout_set(
     if not 1 <= candidate_replicas <= services.MAX_REPLICAS:
         raise ApplicationError(f"candidate_replicas must be between 1 and {services.MAX_REPLICAS}")
     sticky_header = sticky_header.strip()
-    if sticky_header and not sticky_header.replace("-", "").isalnum():
+    if sticky_header and not (sticky_header.isascii() and sticky_header.replace("-", "").isalnum()):
         raise ApplicationError("sticky_header must be a header name")
     fields = {
         "plan": plan,
@@ -521,11 +521,15 @@ def rollouts_judge(*, now: datetime | None = None) -> dict[str, str]:
 # --------------------------------------------------------------------------- shadow report
 
 
+REPORT_MAX_PAIRS = 20_000
+
+
 def shadow_report(*, deployment: Deployment, since: datetime) -> dict[str, Any]:
-    """Primary against shadow over the pairs since `since`: agreement, deltas, latency."""
+    """Primary against shadow over the pairs since `since` (the latest REPORT_MAX_PAIRS of
+    them: a report is a sample, not a census): agreement, deltas, latency."""
     pairs = list(
         ShadowPair.objects.filter(deployment_name=deployment.name, created_at__gte=since)
-        .order_by("id")
+        .order_by("-id")[:REPORT_MAX_PAIRS]
         .values("primary", "shadow", "primary_ms", "shadow_ms", "shadow_status",
                 "shadow_version")
     )  # fmt: skip

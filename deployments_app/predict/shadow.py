@@ -120,7 +120,8 @@ class _Worker:
                 write_pairs(rows)
             except Exception:  # noqa: BLE001 - a lost pair must not stop the worker
                 log.exception("could not record %d shadow pair(s)", len(rows))
-                close_old_connections()
+            finally:
+                close_old_connections()  # as a request would: CONN_MAX_AGE decides
             if self.queue.empty():
                 self.idle.set()
 
