@@ -161,11 +161,12 @@ def window_totals(
     now: datetime,
     deployment_name: str | None,
     raw_group_sql: str,
-    rollup_key: Callable[[datetime, str], Any],
+    rollup_key: Callable[[datetime, str, int | None], Any],
     largest: int = 86400,
 ) -> dict[Any, Totals]:
     """Totals per group for [since, now). `raw_group_sql` groups raw rows and `rollup_key`
-    (bucket start, deployment name) groups rollups the same way; rollups are at most
+    (bucket start, deployment name, version number) groups rollups the same way (a
+    version of None, no version known, is stored as 0 in rollups); rollups are at most
     `largest` seconds long, so that one never straddles two groups."""
     for _ in range(3):
         folded = _folded_until()
@@ -206,6 +207,7 @@ def _window_once(since, now, folded, deployment_name, raw_group_sql, rollup_key,
         fields = (
             "bucket_start",
             "deployment_name",
+            "version_number",
             "requests",
             "errors_4xx",
             "errors_5xx",
@@ -215,12 +217,12 @@ def _window_once(since, now, folded, deployment_name, raw_group_sql, rollup_key,
             "histogram",
         )
         for row in rollups.order_by().values_list(*fields):
-            t = out[rollup_key(row[0], row[1])]
-            t.requests += row[2]
-            t.errors_4xx += row[3]
-            t.errors_5xx += row[4]
-            t.rows += row[5]
-            t.input_bytes += row[6]
-            t.latency_ms_sum += row[7]
-            latency.merge(t.histogram, row[8])
+            t = out[rollup_key(row[0], row[1], row[2] or None)]
+            t.requests += row[3]
+            t.errors_4xx += row[4]
+            t.errors_5xx += row[5]
+            t.rows += row[6]
+            t.input_bytes += row[7]
+            t.latency_ms_sum += row[8]
+            latency.merge(t.histogram, row[9])
     return dict(out)

@@ -133,7 +133,7 @@ def deployment_call_stats(
         now=now,
         deployment_name=deployment_name,
         raw_group_sql="deployment_name",
-        rollup_key=lambda _start, name: name,
+        rollup_key=lambda _start, name, _version: name,
     )
     minutes = window_seconds / 60
     return {name: CallStats.from_totals(t, minutes) for name, t in sorted(totals.items())}
@@ -155,7 +155,7 @@ def prediction_series(
         now=now,
         deployment_name=deployment_name,
         raw_group_sql=_bucket_sql(step),
-        rollup_key=lambda start, _name: int(start.timestamp()) // step,
+        rollup_key=lambda start, _name, _version: int(start.timestamp()) // step,
         largest=largest,
     )
     rows = {int(bucket): t for bucket, t in totals.items()}

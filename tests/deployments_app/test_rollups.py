@@ -337,3 +337,33 @@ def test_tiles_at_the_watermark_end_with_the_rollup_that_holds_it():
     assert got["minute"] == [(int(start.timestamp()), t0 - 3600)]
     assert got["hour"] == [(t0 - 3600, t0 + 2 * 3600)]  # the last hour holds 01:00-01:03
     assert tiles(start, mark, largest=86400, at_watermark=True)["day"] == [(t0, t0 + 86400)]
+
+
+@pytest.mark.django_db
+def test_window_totals_per_version_equal_raw_counts_after_a_fold():
+    """What the rollout guardrails need: per-version figures over a window that starts
+    mid-minute, from rollups plus raw rows, equal to the raw rows'."""
+    from portal.callstats import raw_totals, window_totals
+
+    now = timezone.now()
+    rows = [
+        log_row(now - timedelta(seconds=s), status=404 if s % 7 == 0 else 200)
+        for s in range(5, 4000, 3)
+    ]
+    PredictionLog.objects.bulk_create(PredictionLog(**r) for r in rows)
+    rollups.prediction_rollups_fold(now=now)
+    since = now - timedelta(seconds=3000.5)
+
+    got = window_totals(
+        since=since,
+        now=now,
+        deployment_name="house",
+        raw_group_sql="version_number",
+        rollup_key=lambda _start, _name, version: version,
+    )
+
+    raw = raw_totals(ranges=[(since, None)], group_sql="version_number", deployment_name="house")
+    assert {k: (t.requests, t.errors_4xx, t.histogram) for k, t in got.items()} == {
+        k: (t.requests, t.errors_4xx, t.histogram) for k, t in raw.items()
+    }
+    assert set(got) == {1, None}
