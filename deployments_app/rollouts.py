@@ -26,7 +26,7 @@ from models_app.governance import deploy_refusal
 from models_app.models import ModelVersion
 from portal import latency
 from portal.audit import Actor, audit_record
-from portal.callstats import Totals, raw_totals
+from portal.callstats import Totals, window_totals
 from portal.errors import ApplicationError, ConflictError
 from portal.locks import alone
 
@@ -427,8 +427,13 @@ def rollout_judge(rollout: Rollout, *, now: datetime | None = None) -> str:
     now = now or timezone.now()
     deployment = rollout.deployment
     since = rollout.step_started_at or rollout.created_at
-    totals = raw_totals(
-        ranges=[(since, None)], group_sql="version_number", deployment_name=deployment.name
+    # Rollups for the folded minutes of the step, raw rows for the rest: exact and cheap.
+    totals = window_totals(
+        since=since,
+        now=now,
+        deployment_name=deployment.name,
+        raw_group_sql="version_number",
+        rollup_key=lambda _start, _name, version: version,
     )
     stable = Side.of(totals.get(deployment.version.number))
     rails = {**DEFAULT_GUARDRAILS, **rollout.guardrails}
