@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hashlib
 import importlib.util
 import json
 import os
@@ -26,7 +27,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from deployments_app.runtimes.base import TOKEN_HEADER, ReplicaLimits
+from deployments_app.runtimes.base import (
+    SERVER_REQUIREMENTS,
+    TOKEN_HEADER,
+    BuildSpec,
+    ReplicaLimits,
+    replica_request,
+)
+from deployments_app.runtimes.registry import get_runtime
 
 REPO = Path(__file__).resolve().parents[2]
 SERVER_DIR = REPO / "deployments_app" / "model_server"
@@ -362,3 +370,89 @@ def test_health_without_the_token_says_only_ready(house_servers):
     on, _ = house_servers
     with on.client(token=False) as client:
         assert client.get("/health").json() == {"status": "ready"}
+
+
+# --------------------------------------------------------------------------
+# the process runtime passes the setting to its replicas
+# --------------------------------------------------------------------------
+
+
+def _cached_house_spec(tmp: Path) -> tuple[BuildSpec, Path] | None:
+    """A spec for the house model whose environment is already in the cache (no pip run)."""
+    python = _old_env_python()
+    if python is None or not (FIXTURES / "house_price_linreg.pkl").exists():
+        return None
+    env_dir = python.parent.parent
+    pins = {}
+    for line in (env_dir / "requirements.txt").read_text().split():
+        name, version = line.split("==")
+        if name not in SERVER_REQUIREMENTS:
+            pins[name] = version
+    artifact = tmp / "house.pkl"
+    shutil.copyfile(FIXTURES / "house_price_linreg.pkl", artifact)
+    for base in (os.environ.get("PORTAL_BASE_IMAGE", ""), "portal-base:bookworm"):
+        spec = BuildSpec(
+            deployment=f"batch-{secrets.token_hex(4)}",
+            model="house",
+            version=1,
+            artifact_path=artifact,
+            artifact_sha256=hashlib.sha256(artifact.read_bytes()).hexdigest(),
+            fmt="pickle",
+            requirements=pins,
+            base_image=base,
+            wheelhouse=Path(os.environ.get("PORTAL_WHEELHOUSE", "/opt/model-portal/wheels")),
+            server_dir=SERVER_DIR,
+        )
+        if env_dir.name == f"rt-{spec.pins_hash()[:16]}":
+            return spec, env_dir.parent
+    return None
+
+
+def _state_pid(state_root: Path, name: str) -> int:
+    return json.loads((state_root / "replicas" / f"{name}.json").read_text())["pid"]
+
+
+def test_process_replicas_get_the_batching_setting_and_are_replaced_when_it_changes(tmp_path):
+    found = _cached_house_spec(tmp_path)
+    if found is None:
+        pytest.skip("no cached server environment for the house model's pins")
+    spec, env_root = found
+    state_root = tmp_path / "state"
+    runtime = get_runtime("process", state_root=state_root, env_root=env_root, token_key="k" * 32)
+    lines: list[str] = []
+    build = runtime.build(spec, log=lines.append)
+    assert any("exists" in line for line in lines), lines  # the cached environment, no pip
+
+    def start(limits: ReplicaLimits):
+        status = runtime.start_replica(
+            deployment=spec.deployment,
+            index=0,
+            build=build,
+            spec=spec,
+            limits=limits,
+            publish_host="127.0.0.1",
+        )
+        assert runtime.wait_healthy(status, START_TIMEOUT), runtime.list_replicas()
+        token = runtime.replica_token(spec.deployment)
+        _, health = replica_request(status.endpoint, "GET", "/health", token=token)
+        body = json.dumps({"instances": [[1500, 3, 2]]}).encode()
+        code, answer = replica_request(status.endpoint, "POST", "/predict", body=body, token=token)
+        assert code == HTTPStatus.OK
+        assert json.loads(answer)["predictions"] == pytest.approx([558408.111544802])
+        return status, json.loads(health)
+
+    try:
+        on = ReplicaLimits(memory_mb=1024, batch_max_size=32, batch_max_wait_ms=3)
+        status, health = start(on)
+        assert health["batching"]["max_size"] == 32
+        assert health["batching"]["max_wait_ms"] == 3.0
+        assert health["batching"]["requests"] == 0
+        pid = _state_pid(state_root, status.name)
+        start(on)
+        assert _state_pid(state_root, status.name) == pid  # same setting: reused
+        status, health = start(ReplicaLimits(memory_mb=1024))
+        assert _state_pid(state_root, status.name) != pid  # another setting: replaced
+        assert "batching" not in health
+    finally:
+        for replica in runtime.list_replicas():
+            runtime.remove_replica(replica.name)
