@@ -28,6 +28,13 @@ class DeployForm(forms.Form):
     replicas = forms.IntegerField(min_value=1, max_value=8, initial=1)
     memory_mb = forms.IntegerField(min_value=64, max_value=16384, initial=512, label="Memory (MB)")
     cpus = forms.FloatField(min_value=0.1, max_value=8, initial=1.0, label="CPUs")
+    batch_max_size = forms.IntegerField(
+        min_value=0, max_value=1000, initial=0, required=False,
+        label="Batch rows", help_text="adaptive batching: 0 = off (pays for costly models)",
+    )  # fmt: skip
+    batch_max_wait_ms = forms.FloatField(
+        min_value=0, max_value=1000, initial=0.0, required=False, label="Batch wait (ms)"
+    )
 
 
 class ScaleForm(forms.Form):

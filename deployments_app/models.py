@@ -42,6 +42,13 @@ class Deployment(models.Model):
     memory_mb = models.PositiveIntegerField(default=512)
     cpus = models.FloatField(default=1.0)
     pids_limit = models.PositiveIntegerField(default=128)
+    # Adaptive batching in each replica (off by default: it pays for costly models only).
+    batch_max_size = models.PositiveIntegerField(
+        default=0, help_text="Most rows in one predict call per replica (0 or 1: off)."
+    )
+    batch_max_wait_ms = models.FloatField(
+        default=0.0, help_text="How long an open batch may wait for more requests (ms)."
+    )
     state = models.CharField(
         max_length=10, choices=State.choices, default=State.PENDING, db_index=True
     )

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 State = Deployment.State
 SERVER_DIR = Path(__file__).resolve().parent / "model_server"
 MAX_REPLICAS = 8
+MAX_BATCH_ROWS = 1000  # the proxy's own limit per call
+MAX_BATCH_WAIT_MS = 1000.0
 DRAIN_SECONDS = 3.0  # > the proxy's replica-list cache (deployments_app.predict.proxy)
 
 
@@ -118,6 +120,8 @@ def deployment_launch(
     replicas: int = 1,
     memory_mb: int = 512,
     cpus: float = 1.0,
+    batch_max_size: int = 0,
+    batch_max_wait_ms: float = 0.0,
 ) -> Deployment:
     """Create a deployment of a ready version and queue its build."""
     from models_app.services import _check_name
@@ -126,6 +130,10 @@ def deployment_launch(
     if refusal := deploy_refusal(version):
         raise ConflictError(refusal)
     _check_limits(replicas, memory_mb, cpus)
+    if not 0 <= batch_max_size <= MAX_BATCH_ROWS or not 0 <= batch_max_wait_ms <= MAX_BATCH_WAIT_MS:
+        raise ApplicationError(
+            f"batching: at most {MAX_BATCH_ROWS} rows and {MAX_BATCH_WAIT_MS:g} ms of wait"
+        )
     runtime = runtime or _default_runtime()
     if runtime not in ("docker", "process"):
         raise ApplicationError(f"unknown runtime '{runtime}' (use docker or process)")
@@ -146,6 +154,8 @@ def deployment_launch(
             replicas=replicas,
             memory_mb=memory_mb,
             cpus=cpus,
+            batch_max_size=batch_max_size,
+            batch_max_wait_ms=batch_max_wait_ms,
             created_by=user if user and user.pk else None,
         )
         _event(
@@ -162,6 +172,8 @@ def deployment_launch(
                 "replicas": replicas,
                 "memory_mb": memory_mb,
                 "cpus": cpus,
+                "batch_max_size": batch_max_size,
+                "batch_max_wait_ms": batch_max_wait_ms,
             },
         )
         _enqueue("deploy", deployment.pk, actor.request_id)
@@ -368,7 +380,11 @@ def deployment_build(*, deployment: Deployment, version: ModelVersion) -> BuildR
 
 def _limits(deployment: Deployment) -> ReplicaLimits:
     return ReplicaLimits(
-        memory_mb=deployment.memory_mb, cpus=deployment.cpus, pids=deployment.pids_limit
+        memory_mb=deployment.memory_mb,
+        cpus=deployment.cpus,
+        pids=deployment.pids_limit,
+        batch_max_size=deployment.batch_max_size,
+        batch_max_wait_ms=deployment.batch_max_wait_ms,
     )
 
 

@@ -218,6 +218,8 @@ def deployment_create(request: HttpRequest, model_name: str, number: int) -> Htt
                 replicas=data["replicas"],
                 memory_mb=data["memory_mb"],
                 cpus=data["cpus"],
+                batch_max_size=data["batch_max_size"] or 0,
+                batch_max_wait_ms=data["batch_max_wait_ms"] or 0.0,
             )
         except ApplicationError as exc:
             messages.error(request, exc.message)

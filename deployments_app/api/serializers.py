@@ -43,6 +43,8 @@ class DeploymentOutSerializer(serializers.ModelSerializer):
             "replicas",
             "memory_mb",
             "cpus",
+            "batch_max_size",
+            "batch_max_wait_ms",
             "state",
             "desired_state",
             "state_changed_at",
@@ -100,6 +102,8 @@ class DeploymentCreateSerializer(serializers.Serializer):
     replicas = serializers.IntegerField(min_value=1, max_value=8, default=1)
     memory_mb = serializers.IntegerField(min_value=64, max_value=16384, default=512)
     cpus = serializers.FloatField(min_value=0.1, max_value=8, default=1.0)
+    batch_max_size = serializers.IntegerField(min_value=0, max_value=1000, default=0)
+    batch_max_wait_ms = serializers.FloatField(min_value=0, max_value=1000, default=0.0)
 
 
 class ActionSerializer(serializers.Serializer):

@@ -67,6 +67,8 @@ class DeploymentListApi(APIView):
             replicas=data["replicas"],
             memory_mb=data["memory_mb"],
             cpus=data["cpus"],
+            batch_max_size=data["batch_max_size"],
+            batch_max_wait_ms=data["batch_max_wait_ms"],
         )
         return Response(
             DeploymentOutSerializer(deployment, context=_context(request)).data,

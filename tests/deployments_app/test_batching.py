@@ -456,3 +456,40 @@ def test_process_replicas_get_the_batching_setting_and_are_replaced_when_it_chan
     finally:
         for replica in runtime.list_replicas():
             runtime.remove_replica(replica.name)
+
+
+# --------------------------------------------------------------------------- the deployment
+
+
+@pytest.mark.django_db
+def test_a_deployment_carries_its_batching_setting_to_its_replicas(api_client, monkeypatch):
+    """Launched with batching (API), the setting is stored, audited and handed to every
+    replica it starts (services._limits -> ReplicaLimits -> MODEL_BATCH_* env); out of range
+    is a 400."""
+    from deployments_app import services
+    from deployments_app.models import Deployment
+    from models_app.models import ModelVersion, RegisteredModel
+    from portal.models import AuditEvent
+
+    monkeypatch.setattr(services, "_enqueue", lambda *a, **k: None)  # no worker here
+    client = api_client("deployer")
+    model = RegisteredModel.objects.create(name="forest")
+    ModelVersion.objects.create(
+        model=model, number=1, status="ready", artifact_sha256="a" * 64, artifact_size=1
+    )
+    body = {"name": "forest", "model": "forest", "version": 1}
+    too_big = client.post("/api/v1/deployments", {**body, "batch_max_size": 5000}, format="json")
+    assert too_big.status_code == HTTPStatus.BAD_REQUEST
+    response = client.post(
+        "/api/v1/deployments",
+        {**body, "batch_max_size": 64, "batch_max_wait_ms": 2},
+        format="json",
+    )
+    assert response.status_code == HTTPStatus.ACCEPTED, response.content
+    assert response.json()["batch_max_size"] == 64
+    deployment = Deployment.objects.get(name="forest")
+    limits = services._limits(deployment)
+    assert (limits.batch_max_size, limits.batch_max_wait_ms) == (64, 2.0)
+    assert limits.server_env()["MODEL_BATCH_MAX_SIZE"] == "64"
+    event = AuditEvent.objects.get(action="deployment.launched")
+    assert event.details["batch_max_size"] == 64
