@@ -1,8 +1,13 @@
 from django.urls import path
 
-from deployments_app import key_views, views
+from deployments_app import bundle_api, key_views, views
 
 urlpatterns = [
+    path(
+        "api/v1/models/<str:name>/versions/<int:number>/bundle",
+        bundle_api.VersionBundleApi.as_view(),
+        name="api-version-bundle",
+    ),
     path("keys/", key_views.key_list, name="key-list"),
     path("keys/<str:prefix>/revoke", key_views.key_revoke, name="key-revoke"),
     path("deployments/", views.deployment_list, name="deployment-list"),

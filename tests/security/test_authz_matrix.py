@@ -102,6 +102,7 @@ RULES: dict[str, dict[str, object]] = {
     "api-version-detail": {"GET": VIEW, "DELETE": ADMIN},
     "api-version-archive": {"POST": ARCHIVE},
     "api-version-download": {"GET": VIEW},
+    "api-version-bundle": {"GET": VIEW},
     "api-version-approval": {"POST": APPROVE},
     "api-alias": {"PUT": DEPLOY, "DELETE": DEPLOY},
     "api-key-list": {"GET": PREDICT, "POST": PREDICT},

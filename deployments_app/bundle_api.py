@@ -1,0 +1,29 @@
+"""The edge bundle endpoint (GET /api/v1/models/<name>/versions/<v>/bundle). It lives here,
+not in models_app/api, because a bundle is made of the deployment side's server and
+runtimes (imports point deployments_app -> models_app)."""
+
+from __future__ import annotations
+
+from django.http import FileResponse
+from drf_spectacular.utils import extend_schema
+from rest_framework.views import APIView
+
+from deployments_app.bundles import model_version_bundle
+from models_app import selectors
+from portal.audit import Actor
+from portal.permissions import HasCapability
+
+
+class VersionBundleApi(APIView):
+    permission_classes = [HasCapability("view")]
+
+    @extend_schema(responses={(200, "application/gzip"): bytes, 409: None, 404: None})
+    def get(self, request, name: str, number: int):
+        version = selectors.version_get(model_name=name, number=number)
+        out = model_version_bundle(version=version, actor=Actor.from_request(request))
+        return FileResponse(
+            out,
+            as_attachment=True,
+            filename=f"{version.model.name}-v{version.number}-bundle.tar.gz",
+            content_type="application/gzip",
+        )
