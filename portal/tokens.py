@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,6 +26,9 @@ from portal.roles import SCOPE_REQUIRES, SCOPES, user_can
 
 TOKEN_PREFIX = "pt_"  # noqa: S105 - the public marker of a token
 LAST_USED_EVERY = timedelta(seconds=60)  # between last_used_at writes per token
+# What a prefix can be; anything else is answered without a query (a NUL byte would not
+# even reach PostgreSQL).
+_PREFIX = re.compile(r"[0-9a-f]{1,16}")
 
 
 def _hash(raw: str) -> str:
@@ -36,7 +40,9 @@ def access_token_list(*, user: Any) -> QuerySet[AccessToken]:
 
 
 def access_token_get(*, user: Any, prefix: str) -> AccessToken:
-    token = AccessToken.objects.filter(user=user, prefix=prefix).first()
+    token = None
+    if _PREFIX.fullmatch(prefix):
+        token = AccessToken.objects.filter(user=user, prefix=prefix).first()
     if token is None:
         raise NotFoundError(f"you have no token with prefix {prefix}")
     return token
@@ -116,7 +122,7 @@ def access_token_check(raw: str) -> AccessToken:
     if not raw.startswith(TOKEN_PREFIX):
         raise TokenRefused("not a personal access token")
     prefix, _, secret = raw[len(TOKEN_PREFIX) :].partition("_")
-    if not prefix or not secret:
+    if not _PREFIX.fullmatch(prefix) or not secret:
         raise TokenRefused("malformed token")
     token = AccessToken.objects.select_related("user").filter(prefix=prefix).first()
     if token is None or not hmac.compare_digest(token.token_hash, _hash(raw)):

@@ -196,3 +196,9 @@ def test_token_page_creates_shows_once_and_revokes(role_client):
     client.post(f"/tokens/{token.prefix}/revoke")
     token.refresh_from_db()
     assert token.revoked_at is not None
+
+
+def test_malformed_prefixes_are_answered_without_a_query(api_client):
+    client = api_client("viewer")
+    assert client.delete("/api/v1/tokens/ab%00cd").status_code == HTTPStatus.NOT_FOUND
+    assert _bearer("pt_ab\x00cd_secret").get("/api/v1/models").status_code == 401
