@@ -27,3 +27,10 @@ if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
 else
   echo "==> dependencies up to date" >&2
 fi
+
+# The client package (client/: `portal_client`, the `portal` CLI), editable; its own
+# dependencies (httpx, click) are pinned in the lock already.
+if ! .venv/bin/python -c 'import portal_client' 2>/dev/null; then
+  echo "==> installing the client package (client/)" >&2
+  .venv/bin/python -m pip install --quiet --no-deps -e client
+fi
