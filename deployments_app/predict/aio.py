@@ -112,23 +112,38 @@ class _LoopState:
             self.shadow_task = asyncio.create_task(self._shadow_worker())
 
     async def _shadow_worker(self) -> None:
-        queue = self.shadow
-        while not queue.empty():
-            copies = [queue.get_nowait() for _ in range(min(queue.qsize(), shadow.BATCH))]
-            rows = []
-            for copy in copies:
-                try:
-                    result = await forward(copy.target, copy.backend, copy.body)
-                except Exception as exc:  # noqa: BLE001 - the shadow's failure is its record
-                    shadow.SHADOW_CALLS.labels(copy.target.name, "failed").inc()
-                    rows.append(shadow.pair(copy, None, exc))
-                else:
-                    shadow.SHADOW_CALLS.labels(copy.target.name, "sent").inc()
-                    rows.append(shadow.pair(copy, result, None))
+        """Replay queued copies; write their pairs once a second (or per BATCH); end when
+        idle (the next copy starts a new worker)."""
+        queue, loop = self.shadow, asyncio.get_running_loop()
+        rows: list[dict] = []
+        flushed = loop.time()
+        while True:
             try:
-                await _in_thread(shadow.write_pairs, rows)
-            except Exception:  # noqa: BLE001 - a lost pair must not stop the worker
-                log.exception("could not record %d shadow pair(s)", len(rows))
+                async with asyncio.timeout(shadow.FLUSH_SECONDS):
+                    copy = await queue.get()
+            except TimeoutError:
+                copy = None
+            if copy is not None:
+                rows.append(await _replay(copy))
+            due = copy is None or len(rows) >= shadow.BATCH
+            if rows and (due or loop.time() - flushed >= shadow.FLUSH_SECONDS):
+                try:
+                    await _in_thread(shadow.write_pairs, rows)
+                except Exception:  # noqa: BLE001 - a lost pair must not stop the worker
+                    log.exception("could not record %d shadow pair(s)", len(rows))
+                rows, flushed = [], loop.time()
+            if copy is None and not rows:
+                return
+
+
+async def _replay(copy: shadow.Copy) -> dict:
+    try:
+        result = await forward(copy.target, copy.backend, copy.body)
+    except Exception as exc:  # noqa: BLE001 - the shadow's failure is its record
+        shadow.SHADOW_CALLS.labels(copy.target.name, "failed").inc()
+        return shadow.pair(copy, None, exc)
+    shadow.SHADOW_CALLS.labels(copy.target.name, "sent").inc()
+    return shadow.pair(copy, result, None)
 
 
 _states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
