@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 from prometheus_client import Counter
 
 from deployments_app.predict.proxy import Backend, Forwarded, Target, UpstreamError
@@ -134,7 +134,10 @@ class _Worker:
                 except Exception:  # noqa: BLE001 - a lost pair must not stop the worker
                     log.exception("could not record %d shadow pair(s)", len(rows))
                 finally:
-                    close_old_connections()  # as a request would: CONN_MAX_AGE decides
+                    if self.queue.empty():  # idle: hold no database connection meanwhile
+                        connections.close_all()
+                    else:
+                        close_old_connections()  # as a request would: CONN_MAX_AGE decides
                 rows, flushed = [], time.monotonic()
             if not rows and self.queue.empty():
                 self.idle.set()
