@@ -77,7 +77,8 @@ def user_create(
     *, username: str, password: str, roles: list[str], actor: Actor, email: str = ""
 ) -> Any:
     roles = _check_roles(roles)
-    username = username.strip()
+    # As create_user stores it (NFKC): "ﬁ" and "fi" are one name, found by the check below.
+    username = User.normalize_username(username.strip())
     if not username:
         raise ApplicationError("a user needs a username")
     _check_password(password, User(username=username, email=email))

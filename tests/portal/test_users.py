@@ -250,3 +250,13 @@ def test_the_users_api_lists_creates_and_changes_users_each_audited(api_client):
 @pytest.mark.parametrize("who", ["viewer", "deployer", "approver"])
 def test_the_users_api_is_for_admins_only(api_client, who):
     assert api_client(who).get("/api/v1/users").status_code == HTTPStatus.FORBIDDEN
+
+
+def test_a_username_equal_after_unicode_normalization_is_a_conflict_not_a_500(api_client):
+    """create_user stores the NFKC form: the check for an existing name must look for it
+    (the fuzzer found a 500 when a generated name normalised to one that existed)."""
+    admin = api_client("admin")
+    body = {"username": "file", "password": "a-long-enough-passphrase-1", "roles": ["viewer"]}
+    assert admin.post("/api/v1/users", body, format="json").status_code == 201
+    again = admin.post("/api/v1/users", {**body, "username": "\ufb01le"}, format="json")
+    assert again.status_code == 409, again.content
