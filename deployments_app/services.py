@@ -661,6 +661,11 @@ def deployment_switch_version(*, deployment_id: int, version_id: int, request_id
     if new_version.pk == old_version.pk:
         return
     runtime = _runtime(deployment)
+    # The replicas this switch replaces: only they are removed after it (a rollback queued
+    # meanwhile starts replicas of the old version again, which must survive).
+    replaced = {
+        s.name for s in runtime.list_replicas(deployment.name) if s.version == old_version.number
+    }
     try:
         build = _latest_build(deployment, new_version) or deployment_build(
             deployment=deployment, version=new_version
@@ -705,10 +710,9 @@ def deployment_switch_version(*, deployment_id: int, version_id: int, request_id
         )
     # Proxies cache replica lists for TARGET_TTL: let in-flight and cached routes drain first.
     time.sleep(DRAIN_SECONDS)
-    for status in runtime.list_replicas(deployment.name):
-        if status.version == old_version.number:
-            runtime.remove_replica(status.name)
-            Replica.objects.filter(name=status.name).delete()
+    for name in replaced:
+        runtime.remove_replica(name)
+        Replica.objects.filter(name=name).delete()
 
 
 # --------------------------------------------------------------------------- reconciler
