@@ -29,7 +29,7 @@ from deployments_app.rollouts import CandidateSpec
 from portal.audit import Actor
 from portal.models import AuditEvent
 from tests.conftest import FIXTURE_DIR, upload_and_wait_ready, wait_for
-from tests.deployments_app.test_lifecycle import _docker_or_skip, _wait_state
+from tests.deployments_app.test_lifecycle import _docker_or_skip, _wait_state, cleanup_docker
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 ROW = [1500, 3, 2]
@@ -61,13 +61,17 @@ def _slow_forest(tmp_path):
     return path
 
 
+__all__ = ["cleanup_docker"]  # a fixture (imported for the tests here): removes their images
+
+
 @pytest.fixture
-def deployed(transactional_db, worker_storage, api_client, tmp_path):
+def deployed(transactional_db, worker_storage, api_client, tmp_path, cleanup_docker):
     """A running deployment of v1 (the house fixture) and a key for it; more versions are
     uploaded by `add_version(path)`."""
     client = Client()
     _docker_or_skip()
     name = f"roll-{uuid.uuid4().hex[:6]}"
+    cleanup_docker.append(name)
     deployer = api_client("deployer")
     upload_and_wait_ready(deployer, name, FIXTURE_DIR / "house_price_linreg.pkl", [ROW])
     response = deployer.post(
