@@ -49,6 +49,19 @@ def test_collectstatic_with_the_production_storage_hashes_and_compresses(tmp_pat
     assert "css/portal.css" in manifest and "js/dashboard.js" in manifest
 
 
+def test_a_setting_the_operator_must_fix_is_one_line_not_a_traceback(tmp_path):
+    """Serving other hosts without a secret key stops every command (collectstatic, migrate,
+    runportal) with what to set and exit status 2."""
+    env = _clean_env(tmp_path, DJANGO_DEBUG="false", DJANGO_ALLOWED_HOSTS="portal.example.org")
+    result = subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: DJANGO_SECRET_KEY must be set")
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+
+
 @pytest.fixture
 def prod(settings):
     settings.DEBUG = False
