@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime, time, timedelta
-
 from django import forms
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from deployments_app.models import ApiKey, Deployment
@@ -17,6 +14,7 @@ from models_app.models import RegisteredModel
 from portal import tables
 from portal.audit import Actor
 from portal.errors import ApplicationError
+from portal.forms import ExpiryForm
 from portal.permissions import capability_required
 from portal.roles import user_can
 
@@ -31,15 +29,12 @@ KEY_COLUMNS = {
 }
 
 
-class KeyForm(forms.Form):
+class KeyForm(ExpiryForm):
+    field_order = ["name", "deployments", "model", "expires_on"]
+
     name = forms.CharField(max_length=100)
     deployments = forms.MultipleChoiceField(required=False, widget=forms.SelectMultiple)
     model = forms.ChoiceField(required=False, help_text="Or every deployment of this model.")
-    expires_on = forms.DateField(
-        required=False,
-        widget=forms.DateInput(attrs={"type": "date"}),
-        help_text="Optional: the key stops working at the end of this day.",
-    )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -49,14 +44,6 @@ class KeyForm(forms.Form):
         self.fields["model"].choices = [("", "no model")] + [
             (n, n) for n in RegisteredModel.objects.order_by("name").values_list("name", flat=True)
         ]
-        self.fields["expires_on"].widget.attrs["min"] = timezone.localdate().isoformat()
-
-    def expires_at(self) -> datetime | None:
-        """The end of the chosen day in the portal's time zone (the start of the next)."""
-        day = self.cleaned_data.get("expires_on")
-        if day is None:
-            return None
-        return timezone.make_aware(datetime.combine(day + timedelta(days=1), time.min))
 
 
 @capability_required("predict")

@@ -2,33 +2,28 @@
 
 from __future__ import annotations
 
-from datetime import datetime, time, timedelta
-
 from django import forms
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from portal import tokens
 from portal.audit import Actor
 from portal.errors import ApplicationError
+from portal.forms import ExpiryForm
 from portal.permissions import capability_required
 from portal.roles import SCOPE_REQUIRES, SCOPES, user_can
 
 NEW_TOKEN_SESSION = "portal:new-access-token"  # noqa: S105 - a session key name
 
 
-class TokenForm(forms.Form):
+class TokenForm(ExpiryForm):
+    field_order = ["name", "scopes", "expires_on"]
+
     name = forms.CharField(max_length=100)
     scopes = forms.MultipleChoiceField(
         choices=[(s, s) for s in SCOPES], widget=forms.CheckboxSelectMultiple
-    )
-    expires_on = forms.DateField(
-        required=False,
-        widget=forms.DateInput(attrs={"type": "date"}),
-        help_text="Optional: the token stops working at the end of this day.",
     )
 
     def __init__(self, *args, user, **kwargs):
@@ -37,13 +32,6 @@ class TokenForm(forms.Form):
         self.fields["scopes"].choices = [
             (s, s) for s in SCOPES if user_can(user, SCOPE_REQUIRES[s])
         ]
-        self.fields["expires_on"].widget.attrs["min"] = timezone.localdate().isoformat()
-
-    def expires_at(self) -> datetime | None:
-        day = self.cleaned_data.get("expires_on")
-        if day is None:
-            return None
-        return timezone.make_aware(datetime.combine(day + timedelta(days=1), time.min))
 
 
 @capability_required("view")
