@@ -343,24 +343,35 @@ class PortalClient:
             raise
         return True
 
+    def _poll(self, what: str, step, *, timeout: float, interval: float) -> dict:
+        """Call step() until it answers something (it raises PortalError when it is over)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = step()
+            if found is not None:
+                return found
+            if time.monotonic() > deadline:
+                raise PortalError(f"timed out after {timeout}s waiting for {what}")
+            time.sleep(interval)
+
     def wait_version(
         self, name: str, version: int, *, timeout: float = 600, interval: float = 1.0
     ) -> dict:
         """Until validation ends: the version when ready; PortalError when invalid."""
-        deadline, last = time.monotonic() + timeout, None
-        while True:
+        last = None
+
+        def step() -> dict | None:
+            nonlocal last
             current = self.get_model_version(name, version)
             if current["status"] != last:
                 last = current["status"]
                 self._say(f"{name} v{version}: {last}")
-            if current["status"] == "ready":
-                return current
             if current["status"] == "invalid":
                 reason = current.get("rejection_reason") or "invalid"
                 raise PortalError(f"{name} v{version} is invalid: {reason}", body=current)
-            if time.monotonic() > deadline:
-                raise PortalError(f"timed out after {timeout}s waiting for {name} v{version}")
-            time.sleep(interval)
+            return current if current["status"] == "ready" else None
+
+        return self._poll(f"{name} v{version}", step, timeout=timeout, interval=interval)
 
     def wait_deployment(
         self,
@@ -374,8 +385,10 @@ class PortalClient:
         """Until the deployment runs (on `version` when given): the deployment; PortalError
         when it failed, or (with `since`, an event time) when a version switch requested
         after `since` failed while the old version kept serving."""
-        deadline, last = time.monotonic() + timeout, None
-        while True:
+        last = None
+
+        def step() -> dict | None:
+            nonlocal last
             if since is not None and version is not None:
                 for event in self.events(name):
                     failed = f"update to v{version} failed" in event["message"]
@@ -386,20 +399,18 @@ class PortalClient:
             if seen != last:
                 last = seen
                 self._say(f"{name}: {current['state']} (v{current['version']})")
+            if current["state"] == "failed":
+                reason = current.get("failure_reason") or "failed"
+                raise PortalError(f"deployment {name} failed: {reason}", body=current)
             # A switch is over once the old version's replicas are gone too: an action sent
             # before that would race the switch's own clean-up.
             on_version = version is None or (
                 current["version"] == version
                 and all(r["version_number"] == version for r in current.get("replica_set", []))
             )
-            if current["state"] == "running" and on_version:
-                return current
-            if current["state"] == "failed":
-                reason = current.get("failure_reason") or "failed"
-                raise PortalError(f"deployment {name} failed: {reason}", body=current)
-            if time.monotonic() > deadline:
-                raise PortalError(f"timed out after {timeout}s waiting for deployment {name}")
-            time.sleep(interval)
+            return current if current["state"] == "running" and on_version else None
+
+        return self._poll(f"deployment {name}", step, timeout=timeout, interval=interval)
 
     # --- predictions ----------------------------------------------------------------------
     def predict(
