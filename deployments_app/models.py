@@ -204,6 +204,8 @@ class PredictionLog(models.Model):
     replica = models.CharField(max_length=120, blank=True)
     error = models.TextField(blank=True)
     payload = models.JSONField(null=True, blank=True)
+    # The call asked for per-feature contributions (`params: {"explain": true}`).
+    explained = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["-id"]

@@ -48,6 +48,7 @@ COLUMNS = (
     "replica",
     "error",
     "payload",
+    "explained",
 )
 _CASTS = {"client_ip": "::inet", "payload": "::jsonb"}
 _ROW_SQL = "(" + ", ".join(f"%s{_CASTS.get(c, '')}" for c in COLUMNS) + ")"

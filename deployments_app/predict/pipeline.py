@@ -160,6 +160,7 @@ class Call:
     upstream_ms: float | None = None
     replica: str = ""
     payload: Any = None
+    explained: bool = False
     latency_s: float = 0.0
 
     @property
@@ -195,6 +196,7 @@ class Call:
             "replica": self.replica,
             "error": error[:2000],
             "payload": self.payload if capture else None,
+            "explained": self.explained,
         }
 
     def observed(self, status: int) -> None:

@@ -778,6 +778,7 @@ def _log_row(request_id):
         "replica": "",
         "error": "",
         "payload": {"a": [1, 2]},
+        "explained": False,
     }
 
 

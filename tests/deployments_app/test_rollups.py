@@ -49,6 +49,7 @@ def log_row(created_at: datetime, *, name: str = "house", status: int = 200, ms:
         "replica": "",
         "error": "",
         "payload": None,
+        "explained": False,
     }
 
 
