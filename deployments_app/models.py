@@ -364,3 +364,109 @@ class ShadowPair(models.Model):
 
     def __str__(self) -> str:
         return f"{self.deployment_name} v{self.primary_version}/v{self.shadow_version}"
+
+
+class AlertRule(models.Model):
+    """A condition on one deployment that fires an alert when it holds (issue 19).
+
+    `threshold` is compared to the rule's figure over the last `window_minutes`; the alert
+    resolves once the figure is back past `clear_threshold` (hysteresis; null: the threshold)
+    for `resolve_after` evaluations in a row. `eval_state` is the evaluator's memory between
+    runs (consecutive breaches/clears, restart samples); nobody else writes it.
+    """
+
+    class Kind(models.TextChoices):
+        DRIFT = "drift", "Drift score above"
+        ERROR_RATE = "error_rate", "Error rate (%) above"
+        P95_LATENCY = "p95_latency", "p95 latency (ms) above"
+        NO_TRAFFIC = "no_traffic", "Requests in window at most"
+        REPLICA_RESTARTS = "replica_restarts", "Replica restarts in window above"
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="alert_rules")
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    threshold = models.FloatField()
+    clear_threshold = models.FloatField(null=True, blank=True)
+    window_minutes = models.PositiveIntegerField(default=5)
+    min_requests = models.PositiveIntegerField(default=20)
+    fire_after = models.PositiveSmallIntegerField(default=1)
+    resolve_after = models.PositiveSmallIntegerField(default=2)
+    enabled = models.BooleanField(default=True)
+    eval_state = models.JSONField(default=dict, blank=True)
+    last_evaluated_at = models.DateTimeField(null=True, blank=True)
+    last_value = models.FloatField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["deployment__name", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.deployment.name}: {self.kind} {self.threshold:g}"
+
+
+class Alert(models.Model):
+    """One firing of a rule, from fired to resolved, with the state of its webhook delivery."""
+
+    class State(models.TextChoices):
+        FIRING = "firing", "Firing"
+        RESOLVED = "resolved", "Resolved"
+
+    class Delivery(models.TextChoices):
+        NONE = "none", "No webhook"
+        PENDING = "pending", "Pending"
+        DELIVERED = "delivered", "Delivered"
+        FAILED = "failed", "Failed"
+
+    rule = models.ForeignKey(
+        AlertRule, on_delete=models.SET_NULL, null=True, blank=True, related_name="alerts"
+    )
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="alerts")
+    kind = models.CharField(max_length=20, choices=AlertRule.Kind.choices)
+    threshold = models.FloatField()
+    state = models.CharField(max_length=10, choices=State.choices, default=State.FIRING)
+    value = models.FloatField(null=True)
+    resolved_value = models.FloatField(null=True, blank=True)
+    message = models.TextField(blank=True)
+    fired_at = models.DateTimeField(db_index=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    delivery_status = models.CharField(
+        max_length=10, choices=Delivery.choices, default=Delivery.NONE
+    )
+    delivery_event = models.CharField(max_length=10, blank=True)  # "fired" or "resolved"
+    delivery_attempts = models.PositiveSmallIntegerField(default=0)
+    delivery_error = models.TextField(blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-fired_at", "-id"]
+        indexes = [models.Index(fields=["state", "fired_at"])]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["rule"],
+                condition=models.Q(state="firing"),
+                name="alert_one_firing_per_rule",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.deployment.name}: {self.kind} {self.state}"
+
+
+class AlertWebhook(models.Model):
+    """Where a deployment's alerts are posted; `secret` signs each body (HMAC-SHA256)."""
+
+    deployment = models.OneToOneField(
+        Deployment, on_delete=models.CASCADE, related_name="alert_webhook"
+    )
+    url = models.URLField(max_length=500)
+    secret = models.CharField(max_length=128)
+    enabled = models.BooleanField(default=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.deployment.name} -> {self.url}"
