@@ -470,3 +470,103 @@ class AlertWebhook(models.Model):
 
     def __str__(self) -> str:
         return f"{self.deployment.name} -> {self.url}"
+
+
+class CapturePolicy(models.Model):
+    """What of a deployment's sampled calls is kept (issue 19), applied before any write.
+
+    The sampling share is `Deployment.capture_percent`. `fields` maps a column name (or a JSON
+    pointer into a row, `/0`, for positional models and V2 tensors) to
+    `{"action": "keep" | "drop" | "mask" | "hash" | "truncate", "length": n}`; columns not
+    named are kept. `version` goes up on every change and is stored in each captured record.
+    Captured records live in `PredictionLog.payload`; after `retention_days` the beat clears
+    them (the log row itself stays for its own retention).
+    """
+
+    deployment = models.OneToOneField(
+        Deployment, on_delete=models.CASCADE, related_name="capture_policy"
+    )
+    version = models.PositiveIntegerField(default=1)
+    inputs = models.BooleanField(default=True)
+    outputs = models.BooleanField(default=True)
+    fields = models.JSONField(default=dict, blank=True)
+    retention_days = models.PositiveSmallIntegerField(default=7)
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.deployment.name} capture policy v{self.version}"
+
+
+class DriftReference(models.Model):
+    """The reference sample of one version that captured inputs are compared with.
+
+    `source` is the version's input example, or a dataset uploaded for it (its bytes in the
+    artifact store under `sha256`). `profile` holds per feature what drift needs: quantile
+    bin edges and shares (numbers), category shares (strings), the range and a sample for
+    the KS test. `predictions` is the model's output distribution on the sample, filled by
+    the drift task the first time a replica of the version can answer.
+    """
+
+    class Source(models.TextChoices):
+        INPUT_EXAMPLE = "input_example", "Input example"
+        DATASET = "dataset", "Uploaded dataset"
+
+    version = models.OneToOneField(
+        ModelVersion, on_delete=models.CASCADE, related_name="drift_reference"
+    )
+    source = models.CharField(max_length=14, choices=Source.choices)
+    sha256 = models.CharField(max_length=64, blank=True)
+    filename = models.CharField(max_length=255, blank=True)
+    size = models.BigIntegerField(default=0)
+    rows = models.PositiveIntegerField(default=0)
+    profile = models.JSONField(default=dict)
+    predictions = models.JSONField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.version} reference ({self.source}, {self.rows} rows)"
+
+
+class DriftSnapshot(models.Model):
+    """One feature's drift (or the predictions', feature `PREDICTION`) for one deployment
+    and version over one window of captured calls, as the drift task computed it."""
+
+    PREDICTION = "(prediction)"
+
+    class Kind(models.TextChoices):
+        NUMBER = "number", "Number"
+        CATEGORY = "category", "Category"
+        PREDICTION = "prediction", "Prediction"
+
+    deployment = models.ForeignKey(
+        Deployment, on_delete=models.CASCADE, related_name="drift_snapshots"
+    )
+    version_number = models.PositiveIntegerField()
+    window_start = models.DateTimeField()
+    window_end = models.DateTimeField()
+    feature = models.CharField(max_length=200)
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    psi = models.FloatField()
+    ks = models.FloatField(null=True, blank=True)
+    chi2_p = models.FloatField(null=True, blank=True)
+    missing_share = models.FloatField(default=0.0)
+    out_of_range_share = models.FloatField(default=0.0)
+    count = models.PositiveIntegerField(default=0)
+    # What the panel shows beside the scores: the window's and the reference's shares.
+    detail = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-window_end", "-psi"]
+        indexes = [
+            models.Index(fields=["deployment", "window_end"], name="drift_snapshot_latest"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.deployment.name} {self.feature} psi {self.psi:.3f}"
