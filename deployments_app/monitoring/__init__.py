@@ -1,0 +1,1 @@
+"""Monitoring of served models (issue 19): governed payload capture and input drift."""
