@@ -11,7 +11,17 @@ from rest_framework.views import APIView
 from deployments_app.bundles import model_version_bundle
 from models_app import selectors
 from portal.audit import Actor
+from portal.errors import ApplicationError
 from portal.permissions import HasCapability
+
+FLAG_VALUES = {"": False, "0": False, "false": False, "1": True, "true": True}
+
+
+def _flag(request, name: str) -> bool:
+    value = request.query_params.get(name, "").strip().lower()
+    if value not in FLAG_VALUES:
+        raise ApplicationError(f"{name} must be 1 or 0 (true or false), not {value[:40]!r}")
+    return FLAG_VALUES[value]
 
 
 class VersionBundleApi(APIView):
@@ -20,7 +30,10 @@ class VersionBundleApi(APIView):
     @extend_schema(responses={(200, "application/gzip"): bytes, 409: None, 404: None})
     def get(self, request, name: str, number: int):
         version = selectors.version_get(model_name=name, number=number)
-        out = model_version_bundle(version=version, actor=Actor.from_request(request))
+        wheels = _flag(request, "wheels")
+        out = model_version_bundle(
+            version=version, actor=Actor.from_request(request), wheels=wheels
+        )
         return FileResponse(
             out,
             as_attachment=True,

@@ -5,6 +5,10 @@ uses them: BuildSpec.requirements_txt), the model server and its restricted load
 by runtimes.base.copy_server, as every build does), a Dockerfile, README.txt, and
 manifest.json with the SHA-256 of every other file. By default the server listens on
 127.0.0.1:8080 over TCP and takes no replica token: the bundle's owner decides who reaches it.
+
+With ``wheels=True`` the bundle also carries exactly the wheels its pins resolve to (from the
+portal's wheelhouse) under wheels/, and its Dockerfile then installs from them alone
+(``--no-index``): an air-gapped host builds it with no package index at all.
 """
 
 from __future__ import annotations
@@ -22,14 +26,29 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from deployments_app.runtimes.base import SERVER_PORT, BuildSpec, copy_server
+from deployments_app.runtimes.base import (
+    SERVER_PORT,
+    BuildError,
+    BuildSpec,
+    collect_wheels,
+    copy_server,
+    ensure_wheels,
+)
 from deployments_app.services import SERVER_DIR
 from models_app.models import ModelVersion
 from models_app.storage import artifact_path
 from portal.audit import Actor, audit_record
-from portal.errors import ConflictError
+from portal.errors import ApplicationError, ConflictError
 
 BUNDLE_FORMAT = 1
+
+
+class WheelsUnavailable(ApplicationError):
+    """The wheels of a bundle's pins are neither in the wheelhouse nor downloadable."""
+
+    status_code = 503
+
+
 DEFAULT_BASE_IMAGE = "python:3.11-slim"
 MODEL_FILE = "model.bin"
 
@@ -71,7 +90,14 @@ ARG BASE_IMAGE={DEFAULT_BASE_IMAGE}
 FROM ${{BASE_IMAGE}}
 RUN python3 -m venv /opt/venv
 COPY requirements.txt /app/requirements.txt
-RUN /opt/venv/bin/pip install --no-cache-dir --only-binary=:all: -r /app/requirements.txt
+COPY wheels/ /app/wheels/
+# The wheels shipped in wheels/ (a bundle downloaded with ?wheels=1), else the package index.
+RUN if ls /app/wheels/*.whl >/dev/null 2>&1; then \
+        /opt/venv/bin/pip install --no-cache-dir --no-index --find-links /app/wheels \
+            --only-binary=:all: -r /app/requirements.txt; \
+    else \
+        /opt/venv/bin/pip install --no-cache-dir --only-binary=:all: -r /app/requirements.txt; \
+    fi && rm -rf /app/wheels
 COPY server/ /app/server/
 COPY {MODEL_FILE} /app/{MODEL_FILE}
 WORKDIR /app
@@ -105,6 +131,10 @@ Or as a container: docker build -t {spec.model}:{spec.version} . (--build-arg
 BASE_IMAGE=... for another Python 3.11 base), docker run -p {SERVER_PORT}:{SERVER_PORT} ...
 
 The server has no authentication of its own: put it where only its callers reach it.
+wheels/ holds the pinned wheels when the bundle was downloaded with ?wheels=1 (the
+Dockerfile and `pip install --no-index --find-links wheels -r requirements.txt` then need
+no package index); otherwise it holds only WHEELS.txt.
+
 manifest.json lists the SHA-256 of every file; the model is loaded through the restricted
 loader (server/safe_load.py) with the allowlist of the environment it runs in.
 """
@@ -114,7 +144,26 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def model_version_bundle(*, version: ModelVersion, actor: Actor) -> IO[bytes]:
+WHEELS_NOTE = """\
+Put the wheels of requirements.txt here for a build without a package index:
+    pip download --only-binary=:all: -r requirements.txt -d wheels
+(a bundle downloaded with ?wheels=1 already has them).
+"""
+
+
+def _wheel_files(spec: BuildSpec, tmp: Path) -> dict[str, bytes]:
+    reqs = tmp / "requirements.txt"
+    reqs.write_text(spec.requirements_txt())
+    dest = tmp / "wheels"
+    try:
+        ensure_wheels(reqs, spec.wheelhouse, lambda _line: None)
+        collect_wheels(reqs, spec.wheelhouse, dest, lambda _line: None)
+    except BuildError as exc:
+        raise WheelsUnavailable(f"the wheels of this version could not be gathered: {exc}") from exc
+    return {f"wheels/{p.name}": p.read_bytes() for p in sorted(dest.glob("*.whl"))}
+
+
+def model_version_bundle(*, version: ModelVersion, actor: Actor, wheels: bool = False) -> IO[bytes]:
     """The bundle of a ready version as an open temporary file (at offset 0); audited."""
     if version.status != ModelVersion.Status.READY:
         raise ConflictError(f"only a ready version has a bundle (this one is {version.status})")
@@ -131,6 +180,9 @@ def model_version_bundle(*, version: ModelVersion, actor: Actor) -> IO[bytes]:
         }
         for path in sorted(server.iterdir()):
             files[f"server/{path.name}"] = path.read_bytes()
+        files["wheels/WHEELS.txt"] = WHEELS_NOTE.encode()
+        if wheels:
+            files.update(_wheel_files(spec, Path(tmp)))
     if _sha256(files[MODEL_FILE]) != version.artifact_sha256:
         raise ConflictError("the stored artifact does not match its hash")
     manifest = {
@@ -159,6 +211,10 @@ def model_version_bundle(*, version: ModelVersion, actor: Actor) -> IO[bytes]:
             actor=actor,
             action="model_version.bundle_downloaded",
             target=version,
-            details={"files": len(files), "requirements": manifest["requirements"]},
+            details={
+                "files": len(files),
+                "requirements": manifest["requirements"],
+                "wheels": wheels,
+            },
         )
     return out
