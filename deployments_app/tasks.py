@@ -77,3 +77,21 @@ def prediction_log_retention() -> None:
         if mine:
             retention.prediction_log_retention_run()
             rollouts.shadow_pairs_retention()
+
+
+@shared_task(ignore_result=True)
+def drift_compute() -> None:
+    from deployments_app.monitoring import services as monitoring
+
+    with alone("portal:drift-lock", timeout=900) as mine:
+        if mine:
+            monitoring.drift_compute_all()
+
+
+@shared_task(ignore_result=True)
+def capture_retention() -> None:
+    from deployments_app.monitoring import services as monitoring
+
+    with alone("portal:capture-retention-lock", timeout=3600) as mine:
+        if mine:
+            monitoring.capture_retention_run()

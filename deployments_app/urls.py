@@ -1,6 +1,7 @@
 from django.urls import path
 
 from deployments_app import bundle_api, key_views, views
+from deployments_app.monitoring import views as monitoring_views
 
 urlpatterns = [
     path(
@@ -13,6 +14,12 @@ urlpatterns = [
     path("deployments/", views.deployment_list, name="deployment-list"),
     path("deployments/<str:name>/", views.deployment_detail, name="deployment-detail"),
     path("deployments/<str:name>/status", views.deployment_status, name="deployment-status"),
+    path("deployments/<str:name>/capture", monitoring_views.capture_set, name="deployment-capture"),
+    path(
+        "deployments/<str:name>/capture/export",
+        monitoring_views.capture_export,
+        name="deployment-capture-export",
+    ),
     path("deployments/<str:name>/rollout", views.deployment_rollout, name="deployment-rollout"),
     path(
         "deployments/<str:name>/rollout/promote",

@@ -203,7 +203,28 @@ PORTAL_RETENTION_SECONDS = env.float("PORTAL_RETENTION_SECONDS", default=3600.0)
 PORTAL_SHADOW_QUEUE = env.int("PORTAL_SHADOW_QUEUE", default=1000)
 PORTAL_SHADOW_DAYS = env.int("PORTAL_SHADOW_DAYS", default=7)
 PORTAL_ROLLOUT_JUDGE_SECONDS = env.float("PORTAL_ROLLOUT_JUDGE_SECONDS", default=10.0)
+# Monitoring (issue 19): captured records are kept PORTAL_CAPTURE_DAYS by default (a
+# deployment's capture policy may say otherwise); drift is scored every PORTAL_DRIFT_SECONDS
+# over the last PORTAL_DRIFT_WINDOW_MINUTES of captured calls (at most PORTAL_DRIFT_MAX_CALLS,
+# at least PORTAL_DRIFT_MIN_ROWS rows), snapshots kept PORTAL_DRIFT_DAYS.
+PORTAL_CAPTURE_DAYS = env.int("PORTAL_CAPTURE_DAYS", default=7)
+PORTAL_DRIFT_SECONDS = env.float("PORTAL_DRIFT_SECONDS", default=300.0)
+PORTAL_DRIFT_WINDOW_MINUTES = env.int("PORTAL_DRIFT_WINDOW_MINUTES", default=60)
+PORTAL_DRIFT_MAX_CALLS = env.int("PORTAL_DRIFT_MAX_CALLS", default=5000)
+PORTAL_DRIFT_MIN_ROWS = env.int("PORTAL_DRIFT_MIN_ROWS", default=30)
+PORTAL_DRIFT_DAYS = env.int("PORTAL_DRIFT_DAYS", default=30)
+PORTAL_DRIFT_REFERENCE_MAX_MB = env.int("PORTAL_DRIFT_REFERENCE_MAX_MB", default=50)
 CELERY_BEAT_SCHEDULE = {
+    "drift-scores": {
+        "task": "deployments_app.tasks.drift_compute",
+        "schedule": PORTAL_DRIFT_SECONDS,
+        "options": {"expires": PORTAL_DRIFT_SECONDS},
+    },
+    "capture-retention": {
+        "task": "deployments_app.tasks.capture_retention",
+        "schedule": PORTAL_RETENTION_SECONDS,
+        "options": {"expires": PORTAL_RETENTION_SECONDS},
+    },
     "judge-rollouts": {
         "task": "deployments_app.tasks.rollouts_judge",
         "schedule": PORTAL_ROLLOUT_JUDGE_SECONDS,

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from deployments_app.api import views
+from deployments_app.api import monitoring, views
 
 urlpatterns = [
     path("keys", views.ApiKeyListApi.as_view(), name="api-key-list"),
@@ -43,5 +43,25 @@ urlpatterns = [
         "deployments/<str:name>/shadow",
         views.DeploymentShadowApi.as_view(),
         name="api-deployment-shadow",
+    ),
+    path(
+        "deployments/<str:name>/capture",
+        monitoring.DeploymentCaptureApi.as_view(),
+        name="api-deployment-capture",
+    ),
+    path(
+        "deployments/<str:name>/capture/export",
+        monitoring.DeploymentCaptureExportApi.as_view(),
+        name="api-deployment-capture-export",
+    ),
+    path(
+        "deployments/<str:name>/drift",
+        monitoring.DeploymentDriftApi.as_view(),
+        name="api-deployment-drift",
+    ),
+    path(
+        "models/<str:name>/versions/<int:number>/drift-reference",
+        monitoring.VersionDriftReferenceApi.as_view(),
+        name="api-version-drift-reference",
     ),
 ]

@@ -34,6 +34,7 @@ from django.db import DatabaseError
 from redis.exceptions import RedisError
 
 from deployments_app.models import Deployment
+from deployments_app.monitoring.capture import capture_record
 from deployments_app.predict import keys, logwriter, metrics, proxy, routing, shadow
 from deployments_app.predict.inputs import InputError, ParsedInput
 from deployments_app.predict.protocols import Answer, Protocol
@@ -159,7 +160,8 @@ class Call:
     rows: int = 0
     upstream_ms: float | None = None
     replica: str = ""
-    payload: Any = None
+    payload: Any = None  # the parsed rows (what a capture records of the request)
+    outputs: dict[str, Any] | None = None  # the model's answer (what a capture records of it)
     explained: bool = False
     latency_s: float = 0.0
 
@@ -195,7 +197,9 @@ class Call:
             "request_id": self.request.request_id,
             "replica": self.replica,
             "error": error[:2000],
-            "payload": self.payload if capture else None,
+            "payload": capture_record(target, self.backend, self.payload, self.outputs)
+            if capture
+            else None,
             "explained": self.explained,
         }
 
@@ -230,6 +234,7 @@ def plan(route: Route, request: Request) -> Plan:
                 call.replica = exc.replica
                 raise CallError(exc.status, {"error": exc.message}) from exc
             call.replica, call.upstream_ms = result.replica, result.upstream_ms
+            call.outputs = result.body
         except CallError as exc:
             if exc.logged:
                 yield WriteLog(call.row(exc.status, exc.body.get("error", "")))
@@ -366,7 +371,7 @@ def _parse(call: Call, backend: Backend) -> ParsedInput:
     except InputError as exc:
         raise CallError(exc.status, exc.body) from exc
     call.rows = len(parsed.rows)
-    call.payload = parsed.payload
+    call.payload = parsed.rows
     return parsed
 
 

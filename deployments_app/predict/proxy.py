@@ -56,6 +56,8 @@ class Target:
     model_name: str
     capture_percent: int
     stable: Backend
+    # The capture policy (deployments_app.monitoring.capture) when calls are sampled.
+    capture: dict[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)  # what every call sends upstream
     loaded_at: float = field(default_factory=time.monotonic)
     # The active rollout: its id (it seeds the sticky hash), its candidates with their
@@ -186,7 +188,7 @@ def get_target(name: str, *, fresh: bool = False) -> Target | None:
     if target is not None and not fresh and time.monotonic() - target.loaded_at < TARGET_TTL:
         return target
     deployment = (
-        Deployment.objects.select_related("version", "model", "shadow_version")
+        Deployment.objects.select_related("version", "model", "shadow_version", "capture_policy")
         .filter(name=name)
         .first()
     )
@@ -227,6 +229,7 @@ def get_target(name: str, *, fresh: bool = False) -> Target | None:
         model_name=deployment.model.name,
         capture_percent=deployment.capture_percent,
         stable=backends[deployment.version.number],
+        capture=_capture_policy(deployment) if deployment.capture_percent else None,
         headers=upstream_headers(deployment.name),
         rollout_id=rollout.pk if rollout is not None else None,
         candidates=[(backends[number], weight) for number, weight in weights],
@@ -236,6 +239,18 @@ def get_target(name: str, *, fresh: bool = False) -> Target | None:
     )
     _targets[name] = target
     return target
+
+
+def _capture_policy(deployment: Deployment) -> dict[str, Any]:
+    policy = getattr(deployment, "capture_policy", None)  # reverse one-to-one: may be absent
+    if policy is None:
+        return {"version": 0, "inputs": True, "outputs": True, "fields": {}}
+    return {
+        "version": policy.version,
+        "inputs": policy.inputs,
+        "outputs": policy.outputs,
+        "fields": policy.fields,
+    }
 
 
 class UpstreamError(Exception):

@@ -509,7 +509,13 @@ def test_payload_capture_when_sampling_is_on(client, world, key_for):
     house, _ = world["house"]
     Deployment.objects.filter(pk=house.pk).update(capture_percent=100)
     _post(client, house.name, {"features": [1500, 3, 2]}, key_for(house))
-    assert PredictionLog.objects.get().payload == {"features": [1500, 3, 2]}
+    # The record under the default policy (v0: inputs and outputs, every field kept).
+    assert PredictionLog.objects.get().payload == {
+        "policy": 0,
+        "columns": ["/0", "/1", "/2"],
+        "inputs": [[1500, 3, 2]],
+        "outputs": {"predictions": [pytest.approx(558408.11, rel=1e-6)]},
+    }
 
 
 def test_metrics_are_exposed_to_loopback_only(client, world, key_for, settings):
