@@ -7,6 +7,7 @@ from django.core.cache import cache
 from django.utils import timezone
 
 from deployments_app import retention, rollouts, rollups, services
+from deployments_app.monitoring import alerts, webhooks
 from portal.locks import alone
 from portal.selectors import RECONCILE_LAST_KEY
 
@@ -77,6 +78,23 @@ def prediction_log_retention() -> None:
         if mine:
             retention.prediction_log_retention_run()
             rollouts.shadow_pairs_retention()
+
+
+@shared_task(ignore_result=True)
+def alerts_evaluate() -> None:
+    with alone("portal:alerts-evaluate-lock", timeout=300) as mine:
+        if mine:
+            alerts.alert_rules_evaluate()
+
+
+@shared_task(bind=True, max_retries=None, **TASK_OPTIONS)
+def alert_deliver(self, alert_id: int, *, event: str) -> None:
+    """One webhook attempt; the service says when (and whether) to try again."""
+    outcome = webhooks.alert_deliver(
+        alert_id=alert_id, event=event, attempt=self.request.retries + 1
+    )
+    if outcome.retry_in is not None:
+        raise self.retry(countdown=outcome.retry_in)
 
 
 @shared_task(ignore_result=True)

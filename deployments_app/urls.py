@@ -1,6 +1,6 @@
 from django.urls import path
 
-from deployments_app import bundle_api, key_views, views
+from deployments_app import alert_views, bundle_api, key_views, views
 from deployments_app.monitoring import views as monitoring_views
 
 urlpatterns = [
@@ -34,6 +34,22 @@ urlpatterns = [
         name="deployment-rollout-abort",
     ),
     path("deployments/<str:name>/shadow", views.deployment_shadow, name="deployment-shadow"),
+    path("alerts/", alert_views.alert_list, name="alert-list"),
+    path(
+        "deployments/<str:name>/alert-rules",
+        alert_views.alert_rule_add,
+        name="deployment-alert-rules",
+    ),
+    path(
+        "deployments/<str:name>/alert-rules/<int:rule_id>/delete",
+        alert_views.alert_rule_remove,
+        name="deployment-alert-rule-delete",
+    ),
+    path(
+        "deployments/<str:name>/alert-webhook",
+        alert_views.alert_webhook,
+        name="deployment-alert-webhook",
+    ),
     path("deployments/<str:name>/<str:action>", views.deployment_action, name="deployment-action"),
     path(
         "models/<str:model_name>/versions/<int:number>/deploy",

@@ -203,6 +203,15 @@ PORTAL_RETENTION_SECONDS = env.float("PORTAL_RETENTION_SECONDS", default=3600.0)
 PORTAL_SHADOW_QUEUE = env.int("PORTAL_SHADOW_QUEUE", default=1000)
 PORTAL_SHADOW_DAYS = env.int("PORTAL_SHADOW_DAYS", default=7)
 PORTAL_ROLLOUT_JUDGE_SECONDS = env.float("PORTAL_ROLLOUT_JUDGE_SECONDS", default=10.0)
+# Alerts: how often beat judges the rules; webhook delivery (timeout, retries after the first
+# attempt, first backoff doubled per retry) and whether it may reach non-public addresses.
+PORTAL_ALERT_EVALUATE_SECONDS = env.float("PORTAL_ALERT_EVALUATE_SECONDS", default=30.0)
+PORTAL_ALERT_WEBHOOK_TIMEOUT = env.float("PORTAL_ALERT_WEBHOOK_TIMEOUT", default=5.0)
+PORTAL_ALERT_WEBHOOK_RETRIES = env.int("PORTAL_ALERT_WEBHOOK_RETRIES", default=6)
+PORTAL_ALERT_WEBHOOK_BACKOFF_SECONDS = env.float(
+    "PORTAL_ALERT_WEBHOOK_BACKOFF_SECONDS", default=10.0
+)
+PORTAL_ALERT_WEBHOOK_ALLOW_PRIVATE = env.bool("PORTAL_ALERT_WEBHOOK_ALLOW_PRIVATE", default=False)
 # Monitoring (issue 19): captured records are kept PORTAL_CAPTURE_DAYS by default (a
 # deployment's capture policy may say otherwise); drift is scored every PORTAL_DRIFT_SECONDS
 # over the last PORTAL_DRIFT_WINDOW_MINUTES of captured calls (at most PORTAL_DRIFT_MAX_CALLS,
@@ -224,6 +233,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "deployments_app.tasks.capture_retention",
         "schedule": PORTAL_RETENTION_SECONDS,
         "options": {"expires": PORTAL_RETENTION_SECONDS},
+    },
+    "evaluate-alerts": {
+        "task": "deployments_app.tasks.alerts_evaluate",
+        "schedule": PORTAL_ALERT_EVALUATE_SECONDS,
+        "options": {"expires": PORTAL_ALERT_EVALUATE_SECONDS},
     },
     "judge-rollouts": {
         "task": "deployments_app.tasks.rollouts_judge",

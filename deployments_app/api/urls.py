@@ -1,6 +1,6 @@
 from django.urls import path
 
-from deployments_app.api import monitoring, views
+from deployments_app.api import alerts, monitoring, views
 
 urlpatterns = [
     path("keys", views.ApiKeyListApi.as_view(), name="api-key-list"),
@@ -44,6 +44,17 @@ urlpatterns = [
         views.DeploymentShadowApi.as_view(),
         name="api-deployment-shadow",
     ),
+    path(
+        "deployments/<str:name>/alert-rules",
+        alerts.DeploymentAlertRulesApi.as_view(),
+        name="api-deployment-alert-rules",
+    ),
+    path(
+        "deployments/<str:name>/alert-webhook",
+        alerts.DeploymentAlertWebhookApi.as_view(),
+        name="api-deployment-alert-webhook",
+    ),
+    path("alerts", alerts.AlertListApi.as_view(), name="api-alert-list"),
     path(
         "deployments/<str:name>/capture",
         monitoring.DeploymentCaptureApi.as_view(),

@@ -19,6 +19,8 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -195,6 +197,66 @@ class ReplicaStatus:
     ref: str = ""  # the image (or build) it runs
 
 
+@dataclass(frozen=True)
+class ReplicaUsage:
+    """What a replica uses now, as its runtime reports it (None: not known)."""
+
+    cpu_percent: float | None  # of one CPU: 100 = one core busy
+    memory_bytes: int | None
+    memory_limit_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class UsageSample:
+    cpu_seconds: float  # CPU time used since the replica started
+    memory_bytes: int | None
+    memory_limit_bytes: int | None = None
+
+
+class UsageCache:
+    """Keeps `replica_usage` cheap for every backend: an answer is reused for `ttl` seconds,
+    and the CPU share is the CPU time between two samples over the time between them (the
+    last one is kept per replica; without a recent one a second sample is taken after
+    `gap` seconds)."""
+
+    def __init__(self, ttl: float = 5.0, gap: float = 0.25, stale: float = 60.0) -> None:
+        self.ttl, self.gap, self.stale = ttl, gap, stale
+        self._answers: dict[str, tuple[float, ReplicaUsage | None]] = {}
+        self._samples: dict[str, tuple[float, UsageSample]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str, sample: Callable[[], UsageSample | None]) -> ReplicaUsage | None:
+        now = time.monotonic()
+        with self._lock:
+            cached = self._answers.get(name)
+        if cached and now - cached[0] < self.ttl:
+            return cached[1]
+        current = sample()
+        at = time.monotonic()
+        with self._lock:
+            previous = self._samples.get(name)
+        if current is not None and (previous is None or at - previous[0] > self.stale):
+            time.sleep(self.gap)
+            previous, current = (at, current), sample()
+            at = time.monotonic()
+        answer = None
+        if current is not None:
+            cpu = None
+            if previous is not None and at > previous[0]:
+                used = current.cpu_seconds - previous[1].cpu_seconds
+                cpu = round(100.0 * used / (at - previous[0]), 1) if used >= 0 else None
+            answer = ReplicaUsage(cpu, current.memory_bytes, current.memory_limit_bytes)
+            with self._lock:
+                self._samples[name] = (at, current)
+        with self._lock:
+            self._answers[name] = (at, answer)
+        return answer
+
+
+# One per process: runtimes are made per call (get_runtime), their usage answers outlive them.
+USAGE_CACHE = UsageCache()
+
+
 @runtime_checkable
 class Runtime(Protocol):
     """Builds servable units and runs replicas of them."""
@@ -232,6 +294,11 @@ class Runtime(Protocol):
         ...
 
     def ping(self) -> bool: ...
+
+    def replica_usage(self, name: str) -> ReplicaUsage | None:
+        """CPU and memory of a running replica (cached a few seconds); None when it is not
+        running or the runtime cannot tell."""
+        ...
 
 
 # --------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from deployments_app.runtimes.base import (
     SERVER_PORT,
     SOCKET_NAME,
     TOKEN_FILE,
+    USAGE_CACHE,
     BuildError,
     BuildResult,
     BuildSpec,
@@ -46,7 +47,9 @@ from deployments_app.runtimes.base import (
     ReplicaLimits,
     ReplicaState,
     ReplicaStatus,
+    ReplicaUsage,
     RuntimeBackendError,
+    UsageSample,
     allowlist_command,
     collect_wheels,
     copy_server,
@@ -538,6 +541,33 @@ class DockerRuntime:
             return docker_ping()
         except Exception:  # noqa: BLE001 - no SDK, no socket, no daemon: all mean "no docker"
             return False
+
+    def replica_usage(self, name: str) -> ReplicaUsage | None:
+        return USAGE_CACHE.get(f"docker:{name}", lambda: self._usage_sample(name))
+
+    def _usage_sample(self, name: str) -> UsageSample | None:
+        """One sample from the engine's stats (`one-shot`: no second of waiting for the
+        engine's own previous sample; the cache pairs ours)."""
+        c = client()
+        try:
+            container = c.containers.get(name)
+            if container.status != "running" or not self._mine(container.labels):
+                return None
+            stats = container.stats(stream=False, one_shot=True)
+        except (docker.errors.NotFound, docker.errors.APIError):
+            return None
+        finally:
+            c.close()
+        cpu_ns = (stats.get("cpu_stats") or {}).get("cpu_usage", {}).get("total_usage")
+        memory = stats.get("memory_stats") or {}
+        usage = memory.get("usage")
+        if cpu_ns is None:
+            return None
+        if usage is not None:
+            # What `docker stats` shows: without the page cache the kernel may drop.
+            details = memory.get("stats") or {}
+            usage -= details.get("inactive_file", details.get("total_inactive_file", 0))
+        return UsageSample(cpu_ns / 1e9, usage, memory.get("limit"))
 
     def _mine(self, labels: dict[str, str] | None) -> bool:
         # Replicas and images from before the label existed belong to the default instance.

@@ -45,6 +45,7 @@ from deployments_app.runtimes.base import (
     REPLICA_SOCKET_DIR,
     SOCKET_NAME,
     TOKEN_FILE,
+    USAGE_CACHE,
     BuildError,
     BuildResult,
     BuildSpec,
@@ -54,6 +55,8 @@ from deployments_app.runtimes.base import (
     ReplicaLimits,
     ReplicaState,
     ReplicaStatus,
+    ReplicaUsage,
+    UsageSample,
     allowlist_command,
     copy_server,
     ensure_wheels,
@@ -456,6 +459,7 @@ class ProcessRuntime:
             "isolation": mode,
             "build": build.ref,
             "batching": limits.batching(),
+            "memory_mb": limits.memory_mb,
             "version": spec.version,
             "deployment": deployment,
             "index": index,
@@ -541,6 +545,28 @@ class ProcessRuntime:
             if current.state in ("exited", "missing") or time.monotonic() > deadline:
                 return False
             time.sleep(0.1)
+
+    def replica_usage(self, name: str) -> ReplicaUsage | None:
+        return USAGE_CACHE.get(f"process:{name}", lambda: self._usage_sample(name))
+
+    def _usage_sample(self, name: str) -> UsageSample | None:
+        """CPU time and resident memory of the server process from /proc (its memory limit
+        is the address-space limit it was started with)."""
+        state = self._read_state(name)
+        if not state or not self._alive(state):
+            return None
+        pid = int(state["pid"])
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return None
+        ticks = os.sysconf("SC_CLK_TCK")
+        cpu = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        rss = next((int(line.split()[1]) * 1024 for line in status.splitlines()
+                    if line.startswith("VmRSS:")), None)  # fmt: skip
+        limit = state.get("memory_mb")
+        return UsageSample(cpu, rss, int(limit) * 1024 * 1024 if limit else None)
 
     def ping(self) -> bool:
         return True
