@@ -18,7 +18,9 @@ MODEL_FORMAT (joblib|pickle|skops), MODEL_NAME, MODEL_VERSION, MODEL_COLUMNS
 socket instead of HOST:PORT), REPLICA_TOKEN_FILE (a file holding the token every request
 must carry in ``X-Portal-Replica-Token``; else 401), MODEL_BATCH_MAX_SIZE (adaptive batching:
 most rows in one predict call; 0 or 1, the default, is off) and MODEL_BATCH_MAX_WAIT_MS (how
-long an open batch may wait for more requests; default 0). See ``Batcher``.
+long an open batch may wait for more requests; default 0). See ``Batcher``. MODEL_REFERENCE
+(a JSON list of raw rows: the version's input example) is the reference sample explanations
+compare with (``"params": {"explain": true}``; see explain.py beside this file).
 Command-line options win over the environment.
 
 The portal runs replicas with ``--uds`` in a directory only it can reach and with a token
@@ -119,6 +121,9 @@ def parse_config(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--name", default=env.get("MODEL_NAME", "model"))
     parser.add_argument("--version", default=env.get("MODEL_VERSION", "1"))
     parser.add_argument("--columns", default=env.get("MODEL_COLUMNS"), help="JSON list")
+    parser.add_argument(
+        "--reference", default=env.get("MODEL_REFERENCE"), help="JSON list of rows (explain)"
+    )
     parser.add_argument("--host", default=env.get("HOST", "0.0.0.0"))  # noqa: S104 - container
     parser.add_argument("--port", type=int, default=int(env.get("PORT", "8080")))
     parser.add_argument("--uds", default=env.get("UDS") or None, help="unix socket path")
@@ -144,6 +149,7 @@ def parse_config(argv: list[str] | None = None) -> argparse.Namespace:
     )
     cfg = parser.parse_args(argv)
     cfg.columns = _json_list(cfg.columns, "MODEL_COLUMNS")
+    cfg.reference = json.loads(cfg.reference) if cfg.reference else None
     if cfg.format is None:
         lower = cfg.model.lower()
         if lower.endswith(".skops"):
@@ -352,6 +358,47 @@ class ModelState:
         pred = self.model.predict(x)
         probs = self.model.predict_proba(x) if proba and self.has_proba else None
         return pred, probs
+
+    # -- explanations (explain.py) -----------------------------------------------
+
+    reference: list | None = None  # raw rows explanations compare with (MODEL_REFERENCE)
+    _explainer = None
+
+    def explain(self, instances: list) -> tuple[list, dict]:
+        """Per-row contributions for raw instances (rows or records)."""
+        if self._explainer is None:
+            here = os.path.dirname(os.path.abspath(__file__))
+            if here not in sys.path:
+                sys.path.insert(0, here)
+            import explain
+
+            n = self.n_features or (len(instances[0]) if instances else 0)
+            self._explain_mod = explain
+            self._explainer = explain.Explainer(
+                self.model,
+                features=self.columns or [f"x{i}" for i in range(n)],
+                to_input=self._explain_input,
+                reference=[
+                    self.records_to_rows([r])[0] if isinstance(r, dict) else r
+                    for r in (self.reference or [])
+                    if isinstance(r, dict | list)
+                ],
+                is_classifier=self.classes is not None,
+            )
+        if instances and isinstance(instances[0], dict):
+            instances = self.records_to_rows(instances)
+        try:
+            return self._explainer.explain(instances)
+        except self._explain_mod.ExplainError as exc:
+            raise BadRequest(str(exc), 422) from None
+
+    def _explain_input(self, values):
+        """A 2-D object array of raw values -> what predict takes (as build_input would)."""
+        if self.use_frame:
+            return self.pd.DataFrame(values, columns=self.columns).infer_objects()
+        if self.accepts_strings:
+            return values
+        return values.astype(float)
 
     # -- batching --------------------------------------------------------------
 
@@ -656,6 +703,8 @@ class App:
 
     def _on_ready(self):
         s = self.state
+        if getattr(self.cfg, "reference", None):
+            s.reference = self.cfg.reference
         self._health_body = _dumps({"status": "ready", "model": s.name, "version": s.version})
         self._v2_prefix = "/v2/models/" + s.name
         max_rows = getattr(self.cfg, "batch_max_size", 0) or 0
@@ -766,7 +815,8 @@ class App:
         `prepare(state, payload)` returns (input, wants predict_proba, finish): the protocol's
         parsing and answer around one shared predict step. With batching on, the predict step
         always runs on the predict thread through the batcher."""
-        small = len(body) <= INLINE_BODY_BYTES
+        # Explanations cost many model evaluations: never on the event loop.
+        small = len(body) <= INLINE_BODY_BYTES and b'"explain"' not in body
         if self.batcher is None:
             if small:
                 return self._answer(prepare, state, _parse_json(body))
@@ -785,6 +835,9 @@ class App:
             pred, probs = await self.batcher.predict(x, proba)
         except Exception as exc:  # noqa: BLE001 - reported to the caller as a 500
             return _predict_failed(exc)
+        if getattr(finish, "explains", False):
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._predict_pool(), finish, pred, probs)
         return finish(pred, probs)
 
     @staticmethod
@@ -844,6 +897,7 @@ class App:
         if not isinstance(params, dict):
             raise BadRequest('"params" must be an object')
         want_proba = bool(params.get("proba"))
+        want_explain = params.get("explain") is True
         x = state.build_input(instances)
 
         def finish(pred, probs):
@@ -852,10 +906,19 @@ class App:
                 out["probabilities"] = _tolist(probs)
                 if state.classes is not None:
                     out["classes"] = state.classes
+            if want_explain:
+                try:
+                    out["explanations"], out["explainer"] = state.explain(instances)
+                except BadRequest as exc:
+                    return exc.status, _dumps({"error": f"explain: {exc}"}), None
+                except Exception as exc:  # noqa: BLE001 - reported to the caller as a 500
+                    error = f"explain failed: {type(exc).__name__}: {exc}"
+                    return 500, _dumps({"error": error}), None
             out["model"] = state.name
             out["version"] = state.version
             return 200, _dumps(out), None
 
+        finish.explains = want_explain
         return x, want_proba, finish
 
     # -- Open Inference Protocol (V2) ----------------------------------------
