@@ -4,7 +4,7 @@ records, its drift scores, and a version's drift reference dataset."""
 from __future__ import annotations
 
 from django.http import StreamingHttpResponse
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.parsers import FormParser, MultiPartParser
@@ -106,23 +106,28 @@ class DeploymentCaptureExportApi(APIView):
         )
 
 
+class DriftQuerySerializer(serializers.Serializer):
+    points = serializers.IntegerField(
+        min_value=1, max_value=500, default=drift.HISTORY_POINTS, help_text="history per feature"
+    )
+
+
 class DeploymentDriftApi(APIView):
     """The latest drift window per feature (worst first) and the worst feature."""
 
     permission_classes = [HasCapability("view")]
 
-    @extend_schema(
-        parameters=[OpenApiParameter("points", int, description="history points per feature")],
-        responses={200: dict},
-    )
+    @extend_schema(parameters=[DriftQuerySerializer], responses={200: dict})
     def get(self, request, name: str):
+        query = DriftQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
         deployment = selectors.deployment_get(name=name)
         latest = drift.latest_drift(deployment)
         return Response(
             {
                 "deployment": deployment.name,
                 "worst": list(latest["worst"]) if latest.get("worst") else None,
-                "features": drift.drift_table(deployment),
+                "features": drift.drift_table(deployment, points=query.validated_data["points"]),
             }
         )
 

@@ -216,14 +216,20 @@ def capture_retention_run(*, now: datetime | None = None) -> dict[str, int]:
 
 def _read_csv(data: bytes, schema: dict[str, Any]) -> list[list[Any]]:
     """Rows of a reference CSV in the schema's column order, values typed by the schema."""
-    names = capture.feature_names(schema)
-    columns = schema.get("columns")
-    types = schema.get("column_types") or {}
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ApplicationError("the reference dataset must be UTF-8 CSV") from exc
-    reader = csv.reader(io.StringIO(text))
+    try:
+        return _typed_rows(csv.reader(io.StringIO(text)), schema)
+    except csv.Error as exc:  # NUL bytes, unbalanced quotes
+        raise ApplicationError(f"the reference dataset is not valid CSV: {exc}") from exc
+
+
+def _typed_rows(reader, schema: dict[str, Any]) -> list[list[Any]]:
+    names = capture.feature_names(schema)
+    columns = schema.get("columns")
+    types = schema.get("column_types") or {}
     header = next(reader, None)
     if not header:
         raise ApplicationError("the reference dataset is empty (a header row is needed)")
