@@ -6,7 +6,8 @@ class DeploymentsAppConfig(AppConfig):
     verbose_name = "Deployments"
 
     def ready(self) -> None:
-        from deployments_app import runtimes
+        from deployments_app import panels, runtimes
         from portal.health import register_check
 
         register_check("runtime", runtimes.check_runtime)
+        panels.register()

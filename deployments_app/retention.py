@@ -21,9 +21,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from deployments_app import partitions, rollups
+from deployments_app.callstats import floor_to
 from deployments_app.models import PredictionLog, PredictionRollup
 from portal.audit import Actor, audit_record
-from portal.callstats import floor_to
 
 DELETE_BATCH = 5000
 MINUTE_ROLLUP_MIN_DAYS = 2

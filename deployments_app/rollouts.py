@@ -21,12 +21,12 @@ from django.db import transaction
 from django.utils import timezone
 
 from deployments_app import services
+from deployments_app.callstats import Totals, window_totals
 from deployments_app.models import Deployment, Replica, Rollout, RolloutCandidate, ShadowPair
 from models_app.governance import deploy_refusal
 from models_app.models import ModelVersion
 from portal import latency
 from portal.audit import Actor, audit_record
-from portal.callstats import Totals, window_totals
 from portal.errors import ApplicationError, ConflictError
 from portal.locks import alone
 

@@ -24,8 +24,8 @@ from django.db import connection, transaction
 from django.db.models import Min
 from django.utils import timezone
 
+from deployments_app.callstats import Totals, ceil_to, floor_to, raw_totals
 from deployments_app.models import PredictionLog, PredictionRollup, PredictionRollupState
-from portal.callstats import Totals, ceil_to, floor_to, raw_totals
 
 GRACE = timedelta(seconds=10)
 REFOLD = timedelta(minutes=5)

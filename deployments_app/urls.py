@@ -9,6 +9,7 @@ urlpatterns = [
         bundle_api.VersionBundleApi.as_view(),
         name="api-version-bundle",
     ),
+    path("metrics/series", views.metrics_series, name="metrics-series"),
     path("keys/", key_views.key_list, name="key-list"),
     path("keys/<str:prefix>/revoke", key_views.key_revoke, name="key-revoke"),
     path("deployments/", views.deployment_list, name="deployment-list"),

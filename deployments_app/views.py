@@ -13,9 +13,10 @@ from django.template.context_processors import csrf
 from django.template.loader import get_template
 from django.urls import reverse
 from django.utils import timezone
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
-from deployments_app import buildlog, rollouts, selectors, services, transitions
+from deployments_app import buildlog, panels, rollouts, selectors, services, stats, transitions
 from deployments_app.api.views import run_action
 from deployments_app.forms import (
     AbortForm,
@@ -27,7 +28,6 @@ from deployments_app.forms import (
     UpdateForm,
 )
 from models_app import selectors as model_selectors
-from portal import selectors as portal_selectors
 from portal import tables
 from portal.audit import Actor
 from portal.context_processors import roles
@@ -92,10 +92,10 @@ def _live_context(deployment) -> dict:
         "events": deployment.events.all()[:50],
         "replicas": deployment.replica_set.all(),
         "other_versions": other_versions,
-        "stats": portal_selectors.deployment_call_stats(deployment_name=deployment.name).get(
-            deployment.name, portal_selectors.CallStats()
+        "stats": stats.deployment_call_stats(deployment_name=deployment.name).get(
+            deployment.name, stats.CallStats()
         ),
-        "calls": portal_selectors.recent_predictions(deployment_name=deployment.name),
+        "calls": stats.recent_predictions(deployment_name=deployment.name),
         "rollout": selectors.rollout_status(deployment),
     }
 
@@ -109,8 +109,8 @@ def deployment_detail(request: HttpRequest, name: str) -> HttpResponse:
         "deployments_app/deployment_detail.html",
         _live_context(deployment)
         | {
-            "series": portal_selectors.prediction_series(deployment_name=deployment.name),
-            "ranges": list(portal_selectors.RANGES),
+            "series": stats.prediction_series(deployment_name=deployment.name),
+            "ranges": list(stats.RANGES),
             "try_it_body": _try_it_body(deployment),
             "rollout_form": RolloutForm(),
         }
@@ -327,3 +327,11 @@ def deployment_shadow(request: HttpRequest, name: str) -> HttpResponse:
     except ApplicationError as exc:
         messages.error(request, exc.message)
     return redirect(reverse("deployment-detail", args=[name]) + "#shadow")
+
+
+@require_GET
+@never_cache
+@capability_required("view")
+def metrics_series(request: HttpRequest) -> JsonResponse:
+    """Chart series only, for one deployment or the whole portal (the deployment page)."""
+    return JsonResponse(panels.charts_context(request)["series"])

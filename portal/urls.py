@@ -12,7 +12,6 @@ urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("dashboard/data", views.dashboard_data, name="dashboard-data"),
-    path("metrics/series", views.metrics_series, name="metrics-series"),
     path("audit/", views.audit_list, name="audit-list"),
     path("audit/export.csv", views.audit_export, name="audit-export"),
     path("audit/verify", views.audit_verify_run, name="audit-verify"),

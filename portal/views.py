@@ -19,7 +19,7 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
-from portal import selectors
+from portal import registry, selectors
 from portal.audit import Actor, audit_record, audit_verify, client_ip
 from portal.health import run_checks
 from portal.models import AuditEvent
@@ -56,58 +56,37 @@ def readyz(request: HttpRequest) -> JsonResponse:
 # ------------------------------------------------------------------------------ dashboard
 
 
-def _range(request: HttpRequest) -> str:
-    value = request.GET.get("range", selectors.DEFAULT_RANGE)
-    return value if value in selectors.RANGES else selectors.DEFAULT_RANGE
+def _dashboard_context(request: HttpRequest, *, live_only: bool = False) -> dict[str, Any]:
+    """The apps' panels (portal.registry) and the core's own worker health."""
+    return registry.dashboard_context(request, live_only=live_only) | {
+        "health": selectors.worker_health()
+    }
 
 
 @require_GET
 @capability_required("view")
 def home(request: HttpRequest) -> HttpResponse:
-    range_key = _range(request)
-    deployment = request.GET.get("deployment", "")
-    context = selectors.dashboard(range_key=range_key)
-    context |= {
-        "series": selectors.prediction_series(range_key=range_key, deployment_name=deployment),
-        "chart_deployment": deployment,
-        "ranges": list(selectors.RANGES),
-    }
-    return render(request, "portal/home.html", context)
+    return render(request, "portal/home.html", _dashboard_context(request))
 
 
 @require_GET
 @never_cache
 @capability_required("view")
 def dashboard_data(request: HttpRequest) -> JsonResponse:
-    """What the dashboard polls: the live fragment (counts, cards, health) and chart series."""
-    range_key = _range(request)
-    deployment = request.GET.get("deployment", "")
-    context = selectors.dashboard(range_key=range_key)
+    """What the dashboard polls: the live fragment, and what the panels add (chart series)."""
+    context = _dashboard_context(request, live_only=True)
     health = context["health"]
     return JsonResponse(
         {
             "html": render_to_string("portal/_dashboard_live.html", context, request=request),
-            "series": selectors.prediction_series(range_key=range_key, deployment_name=deployment),
             "health": {
                 "alive": health["alive"],
                 "workers": health["workers"],
                 "queue_length": health["queue_length"],
                 "reconcile_last": health["reconcile_last"],
             },
-            "summary": context["summary"],
         }
-    )
-
-
-@require_GET
-@never_cache
-@capability_required("view")
-def metrics_series(request: HttpRequest) -> JsonResponse:
-    """Chart series only, for one deployment or the whole portal (the deployment page)."""
-    return JsonResponse(
-        selectors.prediction_series(
-            range_key=_range(request), deployment_name=request.GET.get("deployment", "")
-        )
+        | registry.poll_data(request, context)
     )
 
 
@@ -119,7 +98,7 @@ class AuditFilterForm(forms.Form):
 
     OUTCOMES = [("", "any outcome")] + list(AuditEvent.Outcome.choices)
 
-    tab = forms.ChoiceField(choices=[("events", "events"), ("calls", "calls")], required=False)
+    tab = forms.CharField(required=False, max_length=30)  # a registered tab; else the first
     actor = forms.CharField(required=False, max_length=150)
     action = forms.CharField(required=False, max_length=100)
     target = forms.CharField(required=False, max_length=255)
@@ -130,7 +109,9 @@ class AuditFilterForm(forms.Form):
     q = forms.CharField(required=False, max_length=200)
 
 
-def _audit_filters(request: HttpRequest) -> tuple[AuditFilterForm, dict[str, Any], str]:
+def _audit_filters(
+    request: HttpRequest,
+) -> tuple[AuditFilterForm, dict[str, Any], registry.AuditTab]:
     form = AuditFilterForm(request.GET)
     if form.is_valid():
         filters = {k: v for k, v in form.cleaned_data.items() if v not in (None, "")}
@@ -139,34 +120,27 @@ def _audit_filters(request: HttpRequest) -> tuple[AuditFilterForm, dict[str, Any
         filters = {
             k: v for k, v in getattr(form, "cleaned_data", {}).items() if v not in (None, "")
         }
-    tab = filters.pop("tab", "events")
-    return form, filters, tab
-
-
-def _audit_queryset(tab: str, filters: dict[str, Any]):
-    if tab == "calls":
-        return selectors.prediction_log_list(filters=filters)
-    return selectors.audit_event_list(filters=filters)
+    return form, filters, registry.audit_tab(filters.pop("tab", None))
 
 
 @require_GET
 @capability_required("audit")
 def audit_list(request: HttpRequest) -> HttpResponse:
     form, filters, tab = _audit_filters(request)
-    page = Paginator(_audit_queryset(tab, filters), AUDIT_PAGE_SIZE).get_page(
-        request.GET.get("page")
-    )
+    page = Paginator(tab.queryset(filters), AUDIT_PAGE_SIZE).get_page(request.GET.get("page"))
     return render(
         request,
         "portal/audit_list.html",
         {
             "form": form,
             "filters": request.GET,
-            "tab": tab,
+            "tabs": registry.audit_tabs(),
+            "tab": tab.name,
+            "tab_def": tab,
             "page": page,
-            "deployment_names": selectors.deployment_names(),
             "verification": selectors.audit_last_verification(),
-        },
+        }
+        | (tab.context() if tab.context else {}),
     )
 
 
@@ -184,23 +158,6 @@ EVENT_COLUMNS = (
     "details",
     "prev_hash",
     "hash",
-)
-CALL_COLUMNS = (
-    "id",
-    "created_at",
-    "deployment_name",
-    "model_name",
-    "version_number",
-    "caller",
-    "api_key_prefix",
-    "status_code",
-    "latency_ms",
-    "upstream_ms",
-    "rows",
-    "client_ip",
-    "request_id",
-    "replica",
-    "error",
 )
 
 
@@ -236,18 +193,18 @@ def _csv_rows(header: Iterable[str], rows: Iterable[tuple]) -> Iterator[str]:
 def audit_export(request: HttpRequest) -> StreamingHttpResponse:
     """The filtered rows as CSV, streamed: memory stays flat however many rows match."""
     _, filters, tab = _audit_filters(request)
-    columns = CALL_COLUMNS if tab == "calls" else EVENT_COLUMNS
-    rows = _audit_queryset(tab, filters).values_list(*columns).iterator(chunk_size=EXPORT_CHUNK)
+    columns = tab.columns
+    rows = tab.queryset(filters).values_list(*columns).iterator(chunk_size=EXPORT_CHUNK)
     audit_record(
         actor=Actor.from_request(request),
         action="audit.exported",
         target_type="audit",
-        target_name=tab,
+        target_name=tab.name,
         details={"filters": {k: str(v) for k, v in filters.items()}},
     )
     stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
     response = StreamingHttpResponse(_csv_rows(columns, rows), content_type="text/csv")
-    response["Content-Disposition"] = f'attachment; filename="portal-{tab}-{stamp}.csv"'
+    response["Content-Disposition"] = f'attachment; filename="portal-{tab.name}-{stamp}.csv"'
     return response
 
 

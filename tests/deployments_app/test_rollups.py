@@ -19,11 +19,11 @@ import pytest
 from django.db import connection, connections
 from django.utils import timezone
 
-from deployments_app import rollups
+from deployments_app import rollups, stats
+from deployments_app.callstats import floor_to
 from deployments_app.models import PredictionLog, PredictionRollup, PredictionRollupState
 from deployments_app.predict import logwriter
-from portal import latency, selectors
-from portal.callstats import floor_to
+from portal import latency
 
 REPO = Path(__file__).resolve().parents[2]
 Resolution = PredictionRollup.Resolution
@@ -89,10 +89,10 @@ def rollup_per_minute(resolution: str = Resolution.MINUTE) -> Counter:
 def page_numbers() -> dict:
     """What the dashboard, deployment page and charts show."""
     return {
-        "stats": selectors.deployment_call_stats(window_seconds=3600),
-        "house": selectors.deployment_call_stats(deployment_name="house"),
+        "stats": stats.deployment_call_stats(window_seconds=3600),
+        "house": stats.deployment_call_stats(deployment_name="house"),
         **{
-            key: selectors.prediction_series(range_key=key, deployment_name=name)
+            key: stats.prediction_series(range_key=key, deployment_name=name)
             for key in ("hour", "day", "week")
             for name in (None, "house")
         },
@@ -151,14 +151,14 @@ def test_percentiles_from_buckets_are_within_the_bucket_resolution():
     )
     rollups.prediction_rollups_fold(now=now)
 
-    stats = selectors.deployment_call_stats(deployment_name="house")["house"]
+    house = stats.deployment_call_stats(deployment_name="house")["house"]
 
     latencies.sort()
     resolution = 10 ** (1 / latency.PER_DECADE)  # one bucket: about 12 %
-    for q, got in ((0.5, stats.p50), (0.95, stats.p95), (0.99, stats.p99)):
+    for q, got in ((0.5, house.p50), (0.95, house.p95), (0.99, house.p99)):
         exact = latencies[int(q * len(latencies)) - 1]
         assert exact / resolution <= got <= exact * resolution, (q, exact, got)
-    assert stats.requests == 5000
+    assert house.requests == 5000
 
 
 def test_bucket_sql_and_python_agree_on_bucket_bounds(db):
@@ -307,14 +307,14 @@ def test_rollups_equal_raw_counts_under_concurrent_writes_and_folds():
     folded = rollups.folded_until()
     assert folded is not None and folded <= now
     assert rollup_per_minute() == raw_per_minute(folded)
-    stats = selectors.deployment_call_stats(deployment_name="house")["house"]
-    assert stats.requests == total
+    house = stats.deployment_call_stats(deployment_name="house")["house"]
+    assert house.requests == total
 
 
 def test_tiles_use_the_largest_rollups_that_fit():
     start = datetime(2026, 1, 1, 22, 58, tzinfo=UTC)
     end = datetime(2026, 1, 4, 1, 3, tzinfo=UTC)
-    from portal.callstats import tiles
+    from deployments_app.callstats import tiles
 
     got = tiles(start, end, largest=86400)
     day = 86400
@@ -329,7 +329,7 @@ def test_tiles_use_the_largest_rollups_that_fit():
 
 
 def test_tiles_at_the_watermark_end_with_the_rollup_that_holds_it():
-    from portal.callstats import tiles
+    from deployments_app.callstats import tiles
 
     start = datetime(2026, 1, 1, 22, 58, tzinfo=UTC)
     mark = datetime(2026, 1, 2, 1, 3, tzinfo=UTC)
@@ -344,7 +344,7 @@ def test_tiles_at_the_watermark_end_with_the_rollup_that_holds_it():
 def test_window_totals_per_version_equal_raw_counts_after_a_fold():
     """What the rollout guardrails need: per-version figures over a window that starts
     mid-minute, from rollups plus raw rows, equal to the raw rows'."""
-    from portal.callstats import raw_totals, window_totals
+    from deployments_app.callstats import raw_totals, window_totals
 
     now = timezone.now()
     rows = [

@@ -6,8 +6,6 @@ the fewest rollups that tile the folded part (days where whole days fit, then ho
 minutes), and raw rows from the watermark on. So a page reads a few hundred rollups plus a
 minute or two of raw rows, whatever the history, and its numbers equal a count over the raw
 rows. Before the first fold everything is read raw.
-
-Models are looked up by label: the core does not import the apps.
 """
 
 from __future__ import annotations
@@ -18,10 +16,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.apps import apps
 from django.db import connection
 from django.db.models import Q
 
+from deployments_app.models import PredictionLog, PredictionRollup, PredictionRollupState
 from portal import latency
 
 ERROR_STATUS = 400
@@ -66,14 +64,6 @@ class Totals:
         latency.merge(self.histogram, other.histogram)
 
 
-def _log_model():
-    return apps.get_model("deployments_app", "PredictionLog")
-
-
-def _rollup_model():
-    return apps.get_model("deployments_app", "PredictionRollup")
-
-
 def raw_totals(
     *,
     ranges: list[tuple[datetime, datetime | None]],
@@ -97,7 +87,7 @@ def raw_totals(
     if deployment_name:
         where += " AND deployment_name = %s"
         params.append(deployment_name)
-    table = connection.ops.quote_name(_log_model()._meta.db_table)
+    table = connection.ops.quote_name(PredictionLog._meta.db_table)
     bucket = latency.bucket_sql(connection.vendor)
     # Only constants and a quoted table name are interpolated; values travel as parameters.
     sql = (
@@ -151,8 +141,7 @@ def tiles(
 
 
 def _folded_until() -> datetime | None:
-    state = apps.get_model("deployments_app", "PredictionRollupState")
-    return state.objects.filter(pk=1).values_list("folded_until", flat=True).first()
+    return PredictionRollupState.objects.filter(pk=1).values_list("folded_until", flat=True).first()
 
 
 def window_totals(
@@ -201,7 +190,7 @@ def _window_once(since, now, folded, deployment_name, raw_group_sql, rollup_key,
                 bucket_start__lt=datetime.fromtimestamp(b, tz=UTC),
             )
     if query:
-        rollups = _rollup_model().objects.filter(query)
+        rollups = PredictionRollup.objects.filter(query)
         if deployment_name:
             rollups = rollups.filter(deployment_name=deployment_name)
         fields = (
