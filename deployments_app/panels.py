@@ -1,11 +1,12 @@
 """What deployments_app puts on the core's pages (portal.registry): the dashboard's counts,
-deployment cards and traffic charts, and the audit page's prediction calls tab."""
+deployment cards, drift cards and traffic charts, and the audit page's prediction calls tab."""
 
 from __future__ import annotations
 
 from django.http import HttpRequest
 
 from deployments_app import stats
+from deployments_app.monitoring import drift
 from portal.registry import AuditTab, Context, Panel, register_audit_tab, register_panel
 
 # The cards' call figures are over the last hour, whatever range the charts show.
@@ -51,6 +52,14 @@ def register() -> None:
             context=overview_context,
             order=10,
             poll=_poll_overview,
+        )
+    )
+    register_panel(
+        Panel(
+            name="drift",
+            template="deployments_app/_drift_card.html",
+            context=lambda request: drift.drift_panel_context(request),
+            order=50,
         )
     )
     register_panel(

@@ -108,3 +108,30 @@ def test_audit_tabs_come_from_the_registry_and_an_unknown_tab_is_the_first(role_
     export = client.get(reverse("audit-export"), {"tab": "calls"})
     header = b"".join(export.streaming_content).decode().splitlines()[0]
     assert header.split(",")[:3] == ["id", "created_at", "deployment_name"]
+
+
+@pytest.mark.django_db
+def test_the_dashboard_shows_each_deployments_worst_drifting_feature(role_client):
+    from django.utils import timezone
+
+    from deployments_app.models import DriftSnapshot
+    from tests.portal.test_dashboard import make_deployment
+
+    client = role_client("viewer")
+    assert 'id="drift-cards"' not in client.get(reverse("home")).content.decode()
+    deployment = make_deployment("drifting")
+    now = timezone.now()
+    for feature, psi in (("area", 0.9), ("rooms", 0.05)):
+        DriftSnapshot.objects.create(
+            deployment=deployment,
+            version_number=1,
+            window_start=now,
+            window_end=now,
+            feature=feature,
+            kind="number",
+            psi=psi,
+        )
+    html = client.get(reverse("dashboard-data")).json()["html"]
+    card = html[html.index('id="drift-cards"') :]
+    assert 'data-deployment="drifting"' in card and "<code>area</code>" in card
+    assert html.index('id="counts"') < html.index('id="drift-cards"') < html.index('id="health"')
