@@ -9,11 +9,13 @@ from drf_spectacular.utils import extend_schema
 from rest_framework.views import APIView
 
 from deployments_app.bundles import model_version_bundle
+from deployments_app.onnx_bundle import model_version_onnx_bundle
 from models_app import selectors
 from portal.audit import Actor
 from portal.errors import ApplicationError
 from portal.permissions import HasCapability
 
+FLAVORS = ("sklearn", "onnx")
 FLAG_VALUES = {"": False, "0": False, "false": False, "1": True, "true": True}
 
 
@@ -31,12 +33,17 @@ class VersionBundleApi(APIView):
     def get(self, request, name: str, number: int):
         version = selectors.version_get(model_name=name, number=number)
         wheels = _flag(request, "wheels")
-        out = model_version_bundle(
-            version=version, actor=Actor.from_request(request), wheels=wheels
-        )
+        flavor = request.query_params.get("flavor", "sklearn").strip().lower() or "sklearn"
+        if flavor not in FLAVORS:
+            raise ApplicationError(
+                f"flavor must be one of {', '.join(FLAVORS)}, not {flavor[:40]!r}"
+            )
+        make = model_version_onnx_bundle if flavor == "onnx" else model_version_bundle
+        out = make(version=version, actor=Actor.from_request(request), wheels=wheels)
+        suffix = "-onnx" if flavor == "onnx" else ""
         return FileResponse(
             out,
             as_attachment=True,
-            filename=f"{version.model.name}-v{version.number}-bundle.tar.gz",
+            filename=f"{version.model.name}-v{version.number}{suffix}-bundle.tar.gz",
             content_type="application/gzip",
         )

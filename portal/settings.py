@@ -325,6 +325,14 @@ PORTAL_WEB_THREADS = env.int("PORTAL_WEB_THREADS", default=8)
 PORTAL_METRICS_ALLOW = env.list("PORTAL_METRICS_ALLOW", default=["127.0.0.1", "::1"])
 PORTAL_SANDBOX_TIMEOUT = env.int("PORTAL_SANDBOX_TIMEOUT", default=120)
 PORTAL_SANDBOX_MEMORY_MB = env.int("PORTAL_SANDBOX_MEMORY_MB", default=2048)
+# ONNX export at validation (models_app.validation.onnx_export): in the sandbox, in an
+# environment of the model's pins plus skl2onnx/onnx/onnxruntime, kept only when it passes
+# the parity gate (identical labels, max scaled |delta| <= PORTAL_ONNX_TOLERANCE on the input
+# example plus PORTAL_ONNX_SAMPLE_ROWS reference rows). Off by default: it adds 3-8 s to each
+# validation (about doubling it) and builds one more environment per scikit-learn version.
+PORTAL_ONNX_EXPORT = env.bool("PORTAL_ONNX_EXPORT", default=False)
+PORTAL_ONNX_TOLERANCE = env.float("PORTAL_ONNX_TOLERANCE", default=1e-4)
+PORTAL_ONNX_SAMPLE_ROWS = env.int("PORTAL_ONNX_SAMPLE_ROWS", default=200)
 # Validation fails, naming why, on a host whose sandbox isolates less than this
 # (none < userns < namespaces, as models_app.validation.sandbox.isolation() reports).
 PORTAL_SANDBOX_MIN_ISOLATION = env.str("PORTAL_SANDBOX_MIN_ISOLATION", default="namespaces")

@@ -115,8 +115,8 @@ def parse_config(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--format",
         default=env.get("MODEL_FORMAT") or None,
-        choices=["joblib", "pickle", "skops"],
-        help="default: from the file extension (.skops, .pkl/.pickle, else joblib)",
+        choices=["joblib", "pickle", "skops", "onnx"],
+        help="default: from the file extension (.skops, .pkl/.pickle, .onnx, else joblib)",
     )
     parser.add_argument("--name", default=env.get("MODEL_NAME", "model"))
     parser.add_argument("--version", default=env.get("MODEL_VERSION", "1"))
@@ -156,6 +156,8 @@ def parse_config(argv: list[str] | None = None) -> argparse.Namespace:
             cfg.format = "skops"
         elif lower.endswith((".pkl", ".pickle")):
             cfg.format = "pickle"
+        elif lower.endswith(".onnx"):
+            cfg.format = "onnx"
         else:
             cfg.format = "joblib"
     return cfg
@@ -175,8 +177,16 @@ def load_model(path: str, fmt: str):
     The portal scanned and validated the file, but this layer does not rely on that: the
     loader enforces this environment's allowlist on every opcode. The allowlist is
     MODEL_ALLOWLIST, else allowlist.json beside the loader (written at build time), else
-    enumerated here.
+    enumerated here. An ONNX file (an ONNX edge bundle's) is run by onnxruntime instead
+    (onnx_model.py beside this file): no pickle, no scikit-learn.
     """
+    if fmt == "onnx":
+        here = os.path.dirname(os.path.abspath(__file__))
+        if here not in sys.path:
+            sys.path.insert(0, here)
+        import onnx_model
+
+        return onnx_model.OnnxModel(path)
     loader_dir = _loader_dir()
     if loader_dir not in sys.path:
         sys.path.insert(0, loader_dir)
@@ -271,7 +281,9 @@ class ModelState:
             self.pd = pandas
         n_in = getattr(model, "n_features_in_", None)
         self.n_features = len(self.columns) if self.columns else n_in
-        self.accepts_strings = any(type(e).__name__ in STRING_ESTIMATORS for e in _walk(model))
+        self.accepts_strings = bool(getattr(model, "accepts_strings", False)) or any(
+            type(e).__name__ in STRING_ESTIMATORS for e in _walk(model)
+        )
         try:
             self.has_proba = hasattr(model, "predict_proba")
         except Exception:  # noqa: BLE001 - some meta-estimators raise other errors

@@ -243,6 +243,8 @@ def validate_artifact(
     )
     schema.setdefault("classes", estimator.get("classes"))
     schema.setdefault("has_predict_proba", estimator.get("has_predict_proba", False))
+    if settings.PORTAL_ONNX_EXPORT:
+        report.data["onnx"] = _onnx_step(path, fmt, env.requirements, schema, smoke, log)
     return ValidationOutcome(
         ok=True,
         format=fmt,
@@ -255,6 +257,29 @@ def validate_artifact(
         example_output={"predictions": predictions, "probabilities": smoke.get("probabilities")},
         report=report.finish(),
     )
+
+
+def _onnx_step(path, fmt, requirements, schema, smoke, log) -> dict[str, Any]:
+    """The optional ONNX export (never rejects the version); the file into the store."""
+    from models_app.storage import artifact_store
+    from models_app.validation.onnx_export import export_onnx
+
+    try:
+        onnx, data = export_onnx(
+            path=path,
+            fmt=fmt,
+            requirements=requirements,
+            schema=schema,
+            example=smoke.get("input"),
+            columns=schema.get("columns"),
+            log=log,
+        )
+    except Exception as exc:  # noqa: BLE001 - the export is optional: say why, go on
+        return {"status": "not converted", "reason": f"the export failed: {exc}"[:2000]}
+    if data is not None:
+        stored = artifact_store([data])
+        onnx["sha256"], onnx["size"] = stored.sha256, stored.size
+    return onnx
 
 
 # Weakest first, as sandbox.isolation() names them.

@@ -188,6 +188,9 @@ def run_inspection(
     max_rows: int = 100,
     sandbox_uid: int | None = None,
     extra_env: dict[str, str] | None = None,
+    script_path: str | os.PathLike[str] | None = None,
+    extra_options: dict[str, Any] | None = None,
+    output: tuple[str, str | os.PathLike[str]] | None = None,
 ) -> dict[str, Any]:
     """Load ``model_path`` with ``env``'s Python in the sandbox; return the report.
 
@@ -203,6 +206,12 @@ def run_inspection(
     (the environment's file from :func:`envs.ensure_allowlist`; enumerated inside the
     sandbox when None). ``loader_dir`` replaces the folder the loader is copied from:
     only tests use it, to prove the sandbox contains code that a broken loader let run.
+
+    ``script_path`` runs another in-sandbox script of the same calling convention (MODEL
+    FORMAT OPTIONS, one JSON report on stdout; e.g. onnx_convert.py), ``extra_options`` are
+    merged into its options, and ``output=(name, dest)`` names the one file the script may write
+    (in a writable, noexec /sandbox/out; its path is passed as option ``out``): copied to
+    ``dest`` when it exists.
     """
     model_path = Path(model_path)
     if fmt not in ("pickle", "joblib", "skops"):
@@ -239,8 +248,9 @@ def run_inspection(
         os.chmod(indir, 0o755)  # noqa: S103 - read-only input the sandbox uid must read
         target = indir / ("model" + "".join(model_path.suffixes[-1:]))
         shutil.copyfile(model_path, target)
-        script = indir / "inspect_model.py"
-        shutil.copyfile(INSPECT_SCRIPT, script)
+        source = Path(script_path) if script_path is not None else INSPECT_SCRIPT
+        script = indir / source.name
+        shutil.copyfile(source, script)
         # The restricted loader, its policy and this environment's allowlist load the model.
         loader = [indir / name for name in LOADER_FILES]
         for f in loader:
@@ -251,12 +261,18 @@ def run_inspection(
             loader.append(indir / "allowlist.json")
             listed = ("/sandbox/in" if mode == "namespaces" else str(indir)) + "/allowlist.json"
         options = indir / "options.json"
-        options.write_text(
-            json.dumps(
-                {"example": example, "columns": columns,
-                 "max_rows": max_rows, "allowlist": listed}
-            )
-        )  # fmt: skip
+        opts = {"example": example, "columns": columns, "max_rows": max_rows,
+                "allowlist": listed, **(extra_options or {})}  # fmt: skip
+        outdir = outer / "out"  # writable (noexec) for the output file alone
+        rw: list[str] = []
+        if output is not None:
+            outdir.mkdir()
+            if mode == "namespaces":
+                os.chown(outdir, uid, uid)
+                rw = ["--rw", str(outdir), "/sandbox/out"]
+            inside = "/sandbox/out" if mode == "namespaces" else str(outdir)
+            opts["out"] = f"{inside}/{output[0]}"
+        options.write_text(json.dumps(opts))
         for f in (target, script, options, *loader):
             os.chmod(f, 0o444)
 
@@ -279,11 +295,11 @@ def run_inspection(
             os.chmod(work, 0o700)
             child_env.update(HOME="/sandbox/work", TMPDIR="/tmp")  # noqa: S108 - its own tmpfs
             binds = sorted({str(_base_prefix(env_python)), str(Path(env.path).resolve())})
-            inner = [str(env_python), "-I", "-B", "/sandbox/in/inspect_model.py",
+            inner = [str(env_python), "-I", "-B", "/sandbox/in/" + script.name,
                      "/sandbox/in/" + target.name, fmt, "/sandbox/in/options.json"]  # fmt: skip
             argv = [
                 *_UNSHARE_ROOT, "/bin/sh", "-c", _ROOTFS_SCRIPT, "sh", iso["chroot"],
-                str(newroot), str(indir), str(work), str(uid), str(len(binds)), *binds, *inner,
+                str(newroot), str(indir), str(work), str(uid), str(len(binds)), *binds, *rw, *inner,
             ]  # fmt: skip
             cwd = str(work)
         else:
@@ -321,6 +337,8 @@ def run_inspection(
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
         elapsed_ms = round((time.monotonic() - started) * 1000, 1)
+        if output is not None and (outdir / output[0]).is_file() and not timed_out:
+            shutil.copyfile(outdir / output[0], output[1])
 
         raw, too_big = _read_bounded(stdout_path, MAX_REPORT_BYTES)
         stderr_raw, stderr_cut = _read_bounded(stderr_path, MAX_STDERR_BYTES, tail=True)
