@@ -18,6 +18,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from deployments_app.models import Build, Deployment, DeploymentEvent, Replica
+from deployments_app.predict.inputs import reference_rows
 from deployments_app.runtimes import (
     allowed_runtimes,
     available_runtimes,
@@ -327,6 +328,7 @@ def build_spec(deployment: Deployment, version: ModelVersion) -> BuildSpec:
         fmt=version.format,
         requirements=version.python_requirements,
         columns=schema.get("columns"),
+        reference=reference_rows(version.input_example, schema),
         base_image=settings.PORTAL_BASE_IMAGE,
         wheelhouse=Path(settings.PORTAL_WHEELHOUSE),
         server_dir=SERVER_DIR,

@@ -316,6 +316,9 @@ PORTAL_JSON_MAX_BYTES = env.int("PORTAL_JSON_MAX_BYTES", default=1024 * 1024)
 PORTAL_JSON_MAX_DEPTH = env.int("PORTAL_JSON_MAX_DEPTH", default=32)
 # Invalid API keys per address per minute; past it the address gets 429 for the minute.
 PORTAL_INVALID_KEY_LIMIT = env.int("PORTAL_INVALID_KEY_LIMIT", default=30)
+# Calls asking for explanations ("explain": true) per key or user per minute, beside the
+# key's own limit: each costs up to thousands of model evaluations in the replica.
+PORTAL_EXPLAIN_RATE_PER_MINUTE = env.int("PORTAL_EXPLAIN_RATE_PER_MINUTE", default=60)
 # The highest per-minute rate limit a non-admin may give a key (admins may go beyond).
 PORTAL_MAX_KEY_RATE_LIMIT = env.int("PORTAL_MAX_KEY_RATE_LIMIT", default=6000)
 # HTTP basic auth on the API; false leaves personal access tokens and browser sessions.

@@ -424,6 +424,10 @@ async def _lease(need: pipeline.Lease) -> int:
     return await _in_thread(keys.rate_limited, need.key) if wait is keys.MISS else wait
 
 
+async def _explain_lease(need: pipeline.ExplainLease) -> int:
+    return await _in_thread(keys.explain_rate_limited, need.caller)
+
+
 async def _note_bad_key(need: pipeline.NoteBadKey) -> int:
     return await _in_thread(keys.bad_key_note, need.address)
 
@@ -440,6 +444,7 @@ ASYNC_HANDLERS: dict[type, Callable[[Any], Awaitable[Any]]] = {
     pipeline.CheckKey: _check_key,
     pipeline.LoadTarget: _load_target,
     pipeline.Lease: _lease,
+    pipeline.ExplainLease: _explain_lease,
     pipeline.NoteBadKey: _note_bad_key,
     pipeline.Forward: _forward,
     pipeline.WriteLog: _write_log,

@@ -7,16 +7,18 @@ Accepted bodies (one parser, so every endpoint agrees):
   {"dataframe_split": {"columns", "data"}} MLflow
   {"dataframe_records": [{..}]}            MLflow
   {"inputs": [[..]] | {"col": [..]}}       MLflow tensor / column input
-plus optional "params": {"proba": true}.
+plus optional "params": {"proba": true, "explain": true}.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
 MAX_ROWS = 1000
+MAX_EXPLAIN_ROWS = 20  # rows per call with "explain" (the model server's explain.MAX_ROWS)
 
 
 class InputError(Exception):
@@ -45,6 +47,7 @@ class ParsedInput:
     single: bool  # the {"features": [...]} form: answer with one "prediction"
     proba: bool
     payload: Any = None  # what the log captures of the request (a JSON-ready document)
+    explain: bool = False  # "params": {"explain": true}: per-feature contributions too
 
 
 def _records_to_rows(records: list[Any], columns: list[str] | None) -> list[list[Any]]:
@@ -149,8 +152,44 @@ def parse_body(body: Any, schema: dict[str, Any]) -> ParsedInput:
         raise InputError("the body must be a JSON object or a list of records", status=400)
     check_rows(rows, schema)
     return ParsedInput(
-        rows=rows, single=single, proba=bool(params.get("proba") or params.get("probabilities"))
+        rows=rows,
+        single=single,
+        proba=bool(params.get("proba") or params.get("probabilities")),
+        explain=wants_explain(params, len(rows)),
     )
+
+
+MAX_REFERENCE_ROWS = 100
+MAX_REFERENCE_BYTES = 32 * 1024  # MODEL_REFERENCE travels in the replica's environment
+
+
+def reference_rows(example: Any, schema: dict[str, Any]) -> list[list[Any]] | None:
+    """A version's input example (`ModelVersion.input_example`) as the raw rows explanations
+    compare with (at most MAX_REFERENCE_ROWS and MAX_REFERENCE_BYTES of JSON); None when
+    there is none or it does not fit the schema."""
+    if isinstance(example, dict):  # as validation stores it: {"rows": [...], "columns": ...}
+        example = example.get("rows")
+    if not example or not isinstance(example, list):
+        return None
+    try:
+        rows = parse_body({"instances": example[:MAX_REFERENCE_ROWS]}, schema).rows
+    except InputError:
+        return None
+    while rows and len(json.dumps(rows, separators=(",", ":"))) > MAX_REFERENCE_BYTES:
+        rows = rows[: len(rows) // 2]
+    return rows or None
+
+
+def wants_explain(params: dict[str, Any], n_rows: int) -> bool:
+    """Whether a call's parameters ask for explanations (refusing what cannot be explained)."""
+    explain = params.get("explain", False)
+    if not isinstance(explain, bool):
+        raise InputError("'explain' must be true or false", status=400)
+    if explain and n_rows > MAX_EXPLAIN_ROWS:
+        raise InputError(
+            f"explain takes at most {MAX_EXPLAIN_ROWS} rows per call; got {n_rows}", status=413
+        )
+    return explain
 
 
 def check_rows(rows: list[list[Any]], schema: dict[str, Any]) -> None:

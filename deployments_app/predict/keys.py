@@ -304,6 +304,25 @@ def rate_limited(info: KeyInfo) -> int:
         return 0
 
 
+def explain_rate_limited(caller: str) -> int:
+    """0 when `caller` (a key or a user) may make another call with explain this minute, else
+    the seconds to wait. Exact (one INCR per explain call: each costs far more model time than
+    the round trip); PORTAL_EXPLAIN_RATE_PER_MINUTE, shared by every process and host."""
+    now = int(time.time())
+    counter = f"portal:{settings.PORTAL_INSTANCE}:explainrate:{caller}:{now // 60}"
+    client = _redis()
+    if client is None:
+        count = _count_in_cache(counter)
+    else:
+        pipe = client.pipeline(transaction=False)
+        pipe.incr(counter)
+        pipe.expire(counter, 70)
+        count = pipe.execute()[0]
+    if count <= settings.PORTAL_EXPLAIN_RATE_PER_MINUTE:
+        return 0
+    return 60 - now % 60 or 1
+
+
 def _refill_lock(prefix: str) -> threading.Lock:
     with _lease_lock:
         lock = _refill_locks.get(prefix)

@@ -6,6 +6,7 @@ needs I/O the plan yields a *need* and waits for the driver's answer:
 
     CheckKey(raw) -> KeyInfo | None          NoteBadKey(address) -> seconds to wait
     LoadTarget(name) -> Target | None        Lease(key) -> seconds to wait (rate limit)
+    ExplainLease(caller) -> seconds to wait (the explain calls' own rate limit)
     Forward(target, backend, body) -> Forwarded (raises UpstreamError)
     WriteLog(row) -> None (raises DatabaseError)
 
@@ -111,6 +112,11 @@ class Lease:
 
 
 @dataclass(frozen=True)
+class ExplainLease:
+    caller: str
+
+
+@dataclass(frozen=True)
 class Forward:
     target: Target
     backend: Backend
@@ -122,7 +128,7 @@ class WriteLog:
     row: dict[str, Any]
 
 
-Need = CheckKey | NoteBadKey | LoadTarget | Lease | Forward | WriteLog
+Need = CheckKey | NoteBadKey | LoadTarget | Lease | ExplainLease | Forward | WriteLog
 Plan = Generator[Need, Any, Answer]
 
 
@@ -227,6 +233,8 @@ def plan(route: Route, request: Request) -> Plan:
             key = yield from _authenticate(call)
             target, backend = yield from _resolve(call, key)
             parsed = _parse(call, backend)
+            if parsed.explain:
+                yield from _explain_allowed(call)
             _require_running(target)
             try:
                 result: Forwarded = yield Forward(target, backend, _upstream_body(parsed))
@@ -371,8 +379,26 @@ def _parse(call: Call, backend: Backend) -> ParsedInput:
     except InputError as exc:
         raise CallError(exc.status, exc.body) from exc
     call.rows = len(parsed.rows)
+    call.explained = parsed.explain
     call.payload = parsed.rows
     return parsed
+
+
+def _explain_allowed(call: Call) -> Generator[Need, Any, None]:
+    """Explanations cost many model evaluations: a limit of their own per key or user."""
+    caller = f"key:{call.key_prefix}" if call.key_prefix else f"user:{call.caller}"
+    wait = yield ExplainLease(caller)
+    if wait:
+        limit = settings.PORTAL_EXPLAIN_RATE_PER_MINUTE
+        raise CallError(
+            429,
+            {
+                "error": f"explain rate limit exceeded: at most {limit} calls with explain per "
+                f"minute for this caller (PORTAL_EXPLAIN_RATE_PER_MINUTE); retry in {wait} s, "
+                "or call without explain"
+            },
+            {"Retry-After": str(wait)},
+        )
 
 
 def _require_running(target: Target) -> None:
@@ -385,8 +411,13 @@ def _require_running(target: Target) -> None:
 
 
 def _upstream_body(parsed: ParsedInput, *, proba: bool | None = None) -> bytes:
+    """The replica's request; explanations only for the call itself (`proba` given: a
+    shadow copy, which never explains)."""
     wanted = parsed.proba if proba is None else proba
-    return json.dumps({"instances": parsed.rows, "params": {"proba": wanted}}).encode()
+    params = {"proba": wanted}
+    if parsed.explain and proba is None:
+        params["explain"] = True
+    return json.dumps({"instances": parsed.rows, "params": params}).encode()
 
 
 def _shadow_copy(
@@ -417,6 +448,7 @@ SYNC_HANDLERS: dict[type, Callable[[Any], Any]] = {
     NoteBadKey: lambda need: keys.bad_key_note(need.address),
     LoadTarget: lambda need: proxy.get_target(need.name),
     Lease: lambda need: keys.rate_limited(need.key),
+    ExplainLease: lambda need: keys.explain_rate_limited(need.caller),
     Forward: lambda need: proxy.forward(need.target, need.backend, need.body),
     WriteLog: lambda need: logwriter.write(need.row),
 }

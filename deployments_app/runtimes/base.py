@@ -40,7 +40,7 @@ SERVER_REQUIREMENTS: dict[str, str] = {
 }
 # Files of the model server copied into a build (never __pycache__ or editor debris, so
 # the copied layer depends on the code alone).
-SERVER_FILES = ("server.py", "__main__.py", "__init__.py")
+SERVER_FILES = ("server.py", "explain.py", "__main__.py", "__init__.py")
 # The restricted loader and its policy, copied beside server.py: every replica loads its
 # model through them (models_app/validation/safe_load.py), never with plain pickle.
 LOADER_DIR = Path(__file__).resolve().parents[2] / "models_app" / "validation"
@@ -94,6 +94,8 @@ class BuildSpec:
     wheelhouse: Path
     server_dir: Path
     columns: list[str] | None = None
+    # Raw rows explanations compare with (the version's input example; MODEL_REFERENCE).
+    reference: list | None = None
     extra_labels: dict[str, str] = field(default_factory=dict)
 
     def all_requirements(self) -> dict[str, str]:
@@ -119,6 +121,7 @@ class BuildSpec:
                 "server": server_code_hash(self.server_dir),
                 "fmt": self.fmt,
                 "columns": self.columns,
+                "reference": self.reference,
                 "model": self.model,
                 "version": self.version,
             },
@@ -135,6 +138,8 @@ class BuildSpec:
         }
         if self.columns:
             env["MODEL_COLUMNS"] = json.dumps(self.columns)
+        if self.reference:
+            env["MODEL_REFERENCE"] = json.dumps(self.reference, separators=(",", ":"))
         return env
 
 

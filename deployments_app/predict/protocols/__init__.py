@@ -43,6 +43,13 @@ def json_answer(status: int, document: Any, headers: dict[str, str] | None = Non
     )
 
 
+def explanations(upstream: dict[str, Any]) -> dict[str, Any]:
+    """The replica's explanations (asked for with "explain"), as every JSON dialect adds them."""
+    if "explanations" not in upstream:
+        return {}
+    return {"explanations": upstream["explanations"], "explainer": upstream.get("explainer")}
+
+
 def read_json(body: bytes, headers: Mapping[str, str], *, accept: tuple[str, ...] = ()) -> Any:
     """The JSON document of a body: 415 unless it is declared JSON (or one of `accept`),
     400 when it is malformed or nested too deeply (PORTAL_JSON_MAX_DEPTH)."""
@@ -102,6 +109,7 @@ class PortalProtocol(Protocol):
             answer["probabilities"] = upstream["probabilities"]
             if upstream.get("classes") is not None:
                 answer["classes"] = upstream["classes"]
+        answer.update(explanations(upstream))
         answer["request_id"] = call.request.request_id
         return json_answer(200, answer)
 
@@ -110,7 +118,8 @@ class PortalProtocol(Protocol):
 
 
 class KServeV1Protocol(Protocol):
-    """KServe V1 (the TF Serving REST shape): {"instances": [...]} -> {"predictions": [...]}."""
+    """KServe V1 (the TF Serving REST shape): {"instances": [...]} -> {"predictions": [...]};
+    "params" (or "parameters"): {"explain": true} adds "explanations"."""
 
     name = "v1"
 
@@ -118,12 +127,15 @@ class KServeV1Protocol(Protocol):
         document = read_json(body, headers)
         if not isinstance(document, dict) or "instances" not in document:
             raise InputError("a V1 request is an object with 'instances'", status=400)
-        parsed = parse_body({"instances": document["instances"]}, schema)
+        params = document.get("params", document.get("parameters"))
+        body = {"instances": document["instances"]}
+        parsed = parse_body(body if params is None else {**body, "params": params}, schema)
         parsed.payload = document
         return parsed
 
     def render(self, call, upstream, parsed):
-        return json_answer(200, {"predictions": upstream.get("predictions", [])})
+        predictions = upstream.get("predictions", [])
+        return json_answer(200, {"predictions": predictions, **explanations(upstream)})
 
 
 from deployments_app.predict.protocols.mlflow import MLflowProtocol  # noqa: E402

@@ -15,7 +15,7 @@ import io
 from typing import Any
 
 from deployments_app.predict.inputs import InputError, parse_body
-from deployments_app.predict.protocols import Protocol, json_answer, read_json
+from deployments_app.predict.protocols import Protocol, explanations, json_answer, read_json
 
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 # MLflow's error codes (databricks_pb2.ErrorCode) for the portal's refusals.
@@ -89,7 +89,8 @@ class MLflowProtocol(Protocol):
         return parsed
 
     def render(self, call, upstream, parsed):
-        return json_answer(200, {"predictions": upstream.get("predictions", [])})
+        predictions = upstream.get("predictions", [])
+        return json_answer(200, {"predictions": predictions, **explanations(upstream)})
 
     def error(self, request_id, status, body, headers):
         message = body.get("error", "")

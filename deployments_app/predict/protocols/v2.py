@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from deployments_app.predict.inputs import InputError, ParsedInput, check_rows
+from deployments_app.predict.inputs import InputError, ParsedInput, check_rows, wants_explain
 from deployments_app.predict.protocols.encoding import EncodingError, decode_content
 from portal import jsonlimits  # reads Django settings only for limits not given: all are
 
@@ -122,6 +122,7 @@ def parse_infer(
     check_rows(rows, schema)
 
     names = [name for name, _ in outputs]
+    explain = wants_explain(params, len(rows))
     proba = (
         OUTPUT_PROBA in names
         or bool(params.get("proba"))
@@ -135,6 +136,7 @@ def parse_infer(
         outputs=outputs,
         binary_default=binary_default,
         payload=_payload(doc, tensors),
+        explain=explain,
     )
 
 
@@ -420,15 +422,18 @@ def render_infer(
         else:
             output["data"] = [str(v) for v in values] if datatype == "BYTES" else values
         outputs.append(output)
-    header = json.dumps(
-        {
-            "model_name": model_name,
-            "model_version": model_version,
-            "id": parsed.id or request_id,
-            "outputs": outputs,
-        },
-        separators=(",", ":"),
-    ).encode()
+    document: dict[str, Any] = {
+        "model_name": model_name,
+        "model_version": model_version,
+        "id": parsed.id or request_id,
+    }
+    if "explanations" in upstream:  # asked with parameters.explain: response parameters
+        document["parameters"] = {
+            "explanations": upstream["explanations"],
+            "explainer": upstream.get("explainer"),
+        }
+    document["outputs"] = outputs
+    header = json.dumps(document, separators=(",", ":")).encode()
     if not chunks:
         return header, {"Content-Type": "application/json"}
     return b"".join([header, *chunks]), {
