@@ -201,3 +201,32 @@ def test_an_environment_without_skl2onnx_says_not_converted(settings, tmp_path):
     assert result["status"] == "not converted"
     assert "skl2onnx/onnxruntime are not installed" in result["reason"]
     assert not dest.exists()
+
+
+@pytest.mark.django_db
+def test_the_version_page_shows_the_onnx_report(role_client):
+    from models_app.models import RegisteredModel
+
+    model = RegisteredModel.objects.create(name="iris")
+    converted = {
+        "status": "converted", "reason": "", "opset": {"": 17, "ai.onnx.ml": 3},
+        "max_delta": 4.17e-07, "tolerance": 1e-4, "rows_checked": 203, "example_rows": 3,
+        "labels_identical": True, "sha256": "ab" * 32, "size": 41434, "seconds": 2.9,
+        "pins": dict(onnx_export.ONNX_PINS),
+    }  # fmt: skip
+    refused = {"status": "not converted", "tolerance": 1e-4,
+               "reason": "skl2onnx cannot convert this model: only tokenizer='word'"}  # fmt: skip
+    for number, onnx in ((1, converted), (2, refused), (3, None)):
+        ModelVersion.objects.create(
+            model=model, number=number, status="ready", artifact_sha256=f"{number}" * 64,
+            artifact_size=1, report={"steps": [], **({"onnx": onnx} if onnx else {})},
+        )  # fmt: skip
+    viewer = role_client("viewer")
+    html = viewer.get("/models/iris/versions/1/").content.decode()
+    assert 'id="onnx-status">converted</span>' in html
+    assert "4.17e-07 (tolerance 0.0001" in html and "float32" in html
+    assert "/api/v1/models/iris/versions/1/bundle?flavor=onnx" in html
+    html = viewer.get("/models/iris/versions/2/").content.decode()
+    assert 'id="onnx-status">not converted</span>' in html and "tokenizer=&#x27;word&#x27;" in html
+    assert "flavor=onnx" not in html
+    assert 'id="onnx"' not in viewer.get("/models/iris/versions/3/").content.decode()
