@@ -7,6 +7,7 @@ updates, so a retried or duplicated task never does the same work twice.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -30,7 +31,7 @@ from deployments_app.runtimes.base import BuildResult, BuildSpec, ReplicaLimits,
 from deployments_app.transitions import ALLOWED, check_action
 from models_app.governance import deploy_refusal
 from models_app.models import ModelVersion
-from models_app.storage import artifact_path
+from models_app.storage import artifact_data_key, artifact_path
 from portal.audit import Actor, audit_record
 from portal.errors import ApplicationError, ConflictError
 from portal.heartbeat import beating
@@ -394,7 +395,10 @@ def _start_replicas(
     deployment: Deployment, version: ModelVersion, build: BuildResult, indexes: list[int]
 ) -> list[Any]:
     runtime = _runtime(deployment)
-    spec = build_spec(deployment, version)
+    # The image holds the encrypted artifact; each replica gets its data key at start.
+    spec = dataclasses.replace(
+        build_spec(deployment, version), model_key=artifact_data_key(version.artifact_sha256)
+    )
     started = []
     for index in indexes:
         status = runtime.start_replica(

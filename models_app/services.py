@@ -17,7 +17,7 @@ from django.db.models import F, Max, ProtectedError, Q
 from django.utils import timezone
 
 from models_app.models import NAME_VALIDATOR, ModelAlias, ModelVersion, RegisteredModel
-from models_app.storage import artifact_path, artifact_store
+from models_app.storage import artifact_path, artifact_plaintext_file, artifact_store
 from portal import jsonlimits
 from portal.audit import Actor, audit_record
 from portal.errors import ApplicationError, ConflictError, NotFoundError, PermissionDeniedError
@@ -207,9 +207,12 @@ def model_version_validate(*, version_id: int, request_id: str = "") -> ModelVer
     version = ModelVersion.objects.select_related("model").get(pk=version_id)
     example = version.input_example or {}
     beat = ModelVersion.objects.filter(pk=version.pk, status=ModelVersion.Status.VALIDATING)
-    with beating(lambda: beat.update(validation_heartbeat_at=timezone.now()), name=str(version)):
+    with (
+        beating(lambda: beat.update(validation_heartbeat_at=timezone.now()), name=str(version)),
+        artifact_plaintext_file(version.artifact_sha256) as plaintext,
+    ):
         outcome = validate_artifact(
-            path=artifact_path(version.artifact_sha256),
+            path=plaintext,
             declared_sklearn_version=version.declared_sklearn_version,
             example_rows=example.get("rows"),
             example_columns=example.get("columns"),

@@ -12,7 +12,7 @@ from django.views.decorators.http import require_GET, require_POST
 from models_app import selectors, services
 from models_app.forms import AliasForm, ApprovalForm, UploadForm
 from models_app.governance import deploy_refusal
-from models_app.storage import artifact_path
+from models_app.storage import artifact_open
 from models_app.uploads import install_upload_limit, upload_too_large
 from portal import tables
 from portal.audit import Actor, audit_record
@@ -87,16 +87,19 @@ def version_detail(request: HttpRequest, name: str, number: int) -> HttpResponse
 @capability_required("view")
 def version_download(request: HttpRequest, name: str, number: int) -> FileResponse:
     version = selectors.version_get(model_name=name, number=number)
+    plaintext = artifact_open(version.artifact_sha256)  # decrypts as it is sent
     audit_record(
         actor=Actor.from_request(request), action="model_version.downloaded", target=version
     )
     suffix = {"pickle": ".pkl", "joblib": ".joblib", "skops": ".skops"}.get(version.format, ".bin")
-    return FileResponse(
-        open(artifact_path(version.artifact_sha256), "rb"),
-        as_attachment=True,  # noqa: SIM115 - FileResponse closes it
+    response = FileResponse(
+        plaintext,  # closed by Django
+        as_attachment=True,
         filename=f"{version.model.name}-v{version.number}{suffix}",
         content_type="application/octet-stream",
     )
+    response["Content-Length"] = str(version.artifact_size)
+    return response
 
 
 @csrf_exempt  # checked by _upload_page: the CSRF check reads the body, so it must come after

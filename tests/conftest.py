@@ -271,6 +271,8 @@ def worker_factory(django_db_setup, django_db_blocker, tmp_path_factory):
             # Its own data dir would give it a key of its own (local mode makes one there):
             # replica tokens it signs must be the ones this process's proxy sends.
             "DJANGO_SECRET_KEY": dj_settings.SECRET_KEY,
+            # Likewise the artifact master key: it must open what this process stored.
+            "PORTAL_ARTIFACT_KEY_FILE": str(_artifact_key_file(dj_settings)),
             # Alert webhooks: the tests' receivers listen on loopback, and retries come
             # after 2 s, 4 s, ... instead of 10 s, 20 s, ...
             "PORTAL_ALERT_WEBHOOK_ALLOW_PRIVATE": "1",
@@ -307,6 +309,14 @@ def worker_factory(django_db_setup, django_db_blocker, tmp_path_factory):
                 for member in r.smembers(binding):
                     if queue.encode() in member:
                         r.srem(binding, member)
+
+
+def _artifact_key_file(dj_settings) -> Path:
+    """The test process's master key file (made now if local mode has not made it yet)."""
+    from models_app.keyprovider import get_provider
+
+    get_provider()
+    return Path(dj_settings.PORTAL_ARTIFACT_KEY_FILE)
 
 
 @pytest.fixture(scope="session")

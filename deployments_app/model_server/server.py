@@ -27,6 +27,13 @@ The portal runs replicas with ``--uds`` in a directory only it can reach and wit
 file: only its proxy can call them. Without the token ``GET /health`` still answers (Docker's
 HEALTHCHECK runs inside the container without it), but says nothing beyond "ready".
 
+The model file may be encrypted (the portal's artifact format, artifact_cipher.py beside
+this file): then MODEL_KEY_FILE (``--key-file``) names a file holding its data key (hex),
+which the portal writes into the replica's private directory at start; the server decrypts
+in memory and loads from there, so the image never holds a usable model. An encrypted model
+without its key, a key that does not open it, or a key with a plaintext model stops the
+server with a ``load_failed`` line saying which.
+
 The model is loaded once, before the port is bound: when the port accepts
 connections, predictions are ready. ``--port 0`` picks a free port; the
 "listening" line written to stderr says which.
@@ -128,6 +135,7 @@ def parse_config(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=int(env.get("PORT", "8080")))
     parser.add_argument("--uds", default=env.get("UDS") or None, help="unix socket path")
     parser.add_argument("--token-file", default=env.get("REPLICA_TOKEN_FILE") or None)
+    parser.add_argument("--key-file", default=env.get("MODEL_KEY_FILE") or None)
     parser.add_argument(
         "--max-body-bytes", type=int, default=int(env.get("MAX_BODY_BYTES", DEFAULT_MAX_BODY))
     )
@@ -171,7 +179,37 @@ def _loader_dir() -> str:
     return os.path.join(os.path.dirname(os.path.dirname(here)), "models_app", "validation")
 
 
-def load_model(path: str, fmt: str):
+class ModelKeyError(Exception):
+    """The model file is encrypted and its key is missing or does not open it."""
+
+
+def _model_source(path: str, key_file: str | None):
+    """The path of a plaintext model, or the decrypted model in memory (a BytesIO)."""
+    import artifact_cipher
+
+    with open(path, "rb") as fh:
+        encrypted = artifact_cipher.is_encrypted(fh.read(len(artifact_cipher.MAGIC)))
+    if not encrypted:
+        if key_file:
+            raise ModelKeyError(f"a model key was given but {path} is not encrypted")
+        return path
+    if not key_file:
+        raise ModelKeyError(
+            f"{path} is encrypted and no key was given (MODEL_KEY_FILE): the portal passes "
+            "it when it starts the replica"
+        )
+    try:
+        with open(key_file, encoding="ascii") as fh:
+            key = bytes.fromhex(fh.read().strip())
+    except (OSError, ValueError) as exc:
+        raise ModelKeyError(f"cannot read the model key file {key_file}: {exc}") from None
+    try:
+        return artifact_cipher.decrypt_to_memory(path, key)
+    except artifact_cipher.ArtifactCipherError as exc:
+        raise ModelKeyError(f"the model key does not open {path}: {exc}") from None
+
+
+def load_model(path: str, fmt: str, key_file: str | None = None):
     """Load the model through the restricted loader (safe_load.py beside this file).
 
     The portal scanned and validated the file, but this layer does not rely on that: the
@@ -194,7 +232,8 @@ def load_model(path: str, fmt: str):
 
     listed = os.environ.get("MODEL_ALLOWLIST") or os.path.join(loader_dir, "allowlist.json")
     allowlist = safe_load.load_allowlist(listed if os.path.exists(listed) else None)
-    return safe_load.load_model(path, fmt, allowlist=allowlist)
+    source = _model_source(path, key_file)
+    return safe_load.load_model(source, fmt, allowlist=allowlist)
 
 
 def _walk(est, depth: int = 0):
@@ -1142,7 +1181,7 @@ def _version_value(raw):
 
 
 def make_state(cfg) -> ModelState:
-    model = load_model(cfg.model, cfg.format)
+    model = load_model(cfg.model, cfg.format, getattr(cfg, "key_file", None))
     return ModelState(model, cfg.name, _version_value(cfg.version), cfg.columns)
 
 

@@ -37,6 +37,10 @@ SERVER_REQUIREMENTS: dict[str, str] = {
     "uvicorn": "0.54.0",
     "uvloop": "0.23.0",
     "httptools": "0.9.0",
+    # Decrypts the model (AES-256-GCM, models_app/validation/artifact_cipher.py) in memory.
+    "cryptography": "50.0.2",
+    "cffi": "2.1.1",
+    "pycparser": "3.12",
 }
 # Files of the model server copied into a build (never __pycache__ or editor debris, so
 # the copied layer depends on the code alone).
@@ -44,7 +48,7 @@ SERVER_FILES = ("server.py", "explain.py", "__main__.py", "__init__.py")
 # The restricted loader and its policy, copied beside server.py: every replica loads its
 # model through them (models_app/validation/safe_load.py), never with plain pickle.
 LOADER_DIR = Path(__file__).resolve().parents[2] / "models_app" / "validation"
-LOADER_FILES = ("policy.py", "safe_load.py")
+LOADER_FILES = ("policy.py", "safe_load.py", "artifact_cipher.py")
 # The environment's exact allowlist, enumerated at build time inside the model's own
 # environment (`safe_load.py --allowlist`), read by the server before it loads the model.
 ALLOWLIST_FILE = "allowlist.json"
@@ -56,6 +60,9 @@ RUNTIME_UID = 10001
 REPLICA_SOCKET_DIR = "/run/portal"  # the directory as the replica sees it
 SOCKET_NAME = "http.sock"
 TOKEN_FILE = "token"  # noqa: S105 - a file name, not a secret
+# The model's data key (hex), written beside the token for the server to decrypt its model
+# in memory (MODEL_KEY_FILE): the image holds only the encrypted artifact.
+MODEL_KEY_FILE = "model.key"
 TOKEN_HEADER = "X-Portal-Replica-Token"  # noqa: S105 - a header name
 
 
@@ -97,6 +104,9 @@ class BuildSpec:
     # Raw rows explanations compare with (the version's input example; MODEL_REFERENCE).
     reference: list | None = None
     extra_labels: dict[str, str] = field(default_factory=dict)
+    # The artifact's unwrapped data key, set only when replicas start (never for a build,
+    # never hashed, labelled or logged): the runtime hands it over as a private file.
+    model_key: bytes = field(default=b"", repr=False, compare=False)
 
     def all_requirements(self) -> dict[str, str]:
         """The model's pins plus the server's, sorted by canonical name."""
@@ -391,9 +401,12 @@ def replica_socket_dir(root: Path, name: str) -> Path:
     return Path(root) / hashlib.sha256(name.encode()).hexdigest()[:16]
 
 
-def prepare_socket_dir(root: Path, name: str, *, uid: int, token: str) -> Path:
+def prepare_socket_dir(
+    root: Path, name: str, *, uid: int, token: str, model_key: bytes = b""
+) -> Path:
     """A fresh directory for one replica: reachable by root and `uid` only, with the token
-    file the server reads. The root above it is 0700, so no other uid gets near the socket."""
+    file and the model's key file (0400) the server reads. The root above it is 0700, so no
+    other uid gets near the socket or the key."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     os.chmod(root, 0o700)
@@ -407,6 +420,13 @@ def prepare_socket_dir(root: Path, name: str, *, uid: int, token: str) -> Path:
             fh.write(token)
         if os.geteuid() == 0:
             os.chown(token_path, uid, uid)
+    if model_key:
+        key_path = path / MODEL_KEY_FILE
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(model_key.hex())
+        if os.geteuid() == 0:
+            os.chown(key_path, uid, uid)
     if os.geteuid() == 0:
         os.chown(path, uid, uid)
     return path

@@ -32,6 +32,7 @@ import docker.errors
 
 from deployments_app.runtimes.base import (
     DEFAULT_INSTANCE,
+    MODEL_KEY_FILE,
     REPLICA_SOCKET_DIR,
     RUNTIME_UID,
     SERVER_PORT,
@@ -421,10 +422,14 @@ class DockerRuntime:
             # socket directory (no other uid could enter it).
             uid = RUNTIME_UID if os.geteuid() == 0 else os.getuid()
             token = self.replica_token(deployment)
-            sock_dir = prepare_socket_dir(self.socket_root, name, uid=uid, token=token)
+            sock_dir = prepare_socket_dir(
+                self.socket_root, name, uid=uid, token=token, model_key=spec.model_key
+            )
             environment = {"UDS": f"{REPLICA_SOCKET_DIR}/{SOCKET_NAME}"}
             if token:
                 environment["REPLICA_TOKEN_FILE"] = f"{REPLICA_SOCKET_DIR}/{TOKEN_FILE}"
+            if spec.model_key:  # the path only: the key is in the private bind-mounted dir
+                environment["MODEL_KEY_FILE"] = f"{REPLICA_SOCKET_DIR}/{MODEL_KEY_FILE}"
             environment.update(limits.server_env())
             labels = {
                 MANAGED: "1",

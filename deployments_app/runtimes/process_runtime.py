@@ -42,6 +42,7 @@ from collections.abc import Collection, Iterator
 from pathlib import Path
 
 from deployments_app.runtimes.base import (
+    MODEL_KEY_FILE,
     REPLICA_SOCKET_DIR,
     SOCKET_NAME,
     TOKEN_FILE,
@@ -382,7 +383,9 @@ class ProcessRuntime:
             )
         uid = self._free_uid() if mode == "namespaces" else os.getuid()
         token = self.replica_token(deployment)
-        sock_dir = prepare_socket_dir(self.socket_root, name, uid=uid, token=token)
+        sock_dir = prepare_socket_dir(
+            self.socket_root, name, uid=uid, token=token, model_key=spec.model_key
+        )
         python = str(Path(info["venv"]) / "bin" / "python")
         threads = str(max(1, math.ceil(limits.cpus)))
         env = {
@@ -411,6 +414,8 @@ class ProcessRuntime:
             ]  # fmt: skip
             if token:
                 server += ["--token-file", f"{REPLICA_SOCKET_DIR}/{TOKEN_FILE}"]
+            if spec.model_key:
+                server += ["--key-file", f"{REPLICA_SOCKET_DIR}/{MODEL_KEY_FILE}"]
             venv = str(Path(info["venv"]).resolve())
             cmd = rootfs_argv(
                 chroot=iso["chroot"],
@@ -431,6 +436,8 @@ class ProcessRuntime:
             ]  # fmt: skip
             if token:
                 cmd += ["--token-file", str(sock_dir / TOKEN_FILE)]
+            if spec.model_key:
+                cmd += ["--key-file", str(sock_dir / MODEL_KEY_FILE)]
             if mode == "userns":  # not root: network and PID namespaces at least
                 cmd = [*UNSHARE_USER, *NO_EXEC_SH, *cmd]
         log_path = replicas / f"{name}.log"

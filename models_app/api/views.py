@@ -23,7 +23,7 @@ from models_app.api.serializers import (
     VersionOutSerializer,
     VersionUploadSerializer,
 )
-from models_app.storage import artifact_path
+from models_app.storage import artifact_open
 from models_app.uploads import install_upload_limit, upload_too_large
 from portal.audit import Actor, audit_record
 from portal.permissions import HasCapability
@@ -173,15 +173,18 @@ class VersionDownloadApi(APIView):
     @extend_schema(responses={(200, "application/octet-stream"): bytes})
     def get(self, request, name: str, number: int):
         version = selectors.version_get(model_name=name, number=number)
+        plaintext = artifact_open(version.artifact_sha256)  # decrypts as it is sent
         audit_record(
             actor=Actor.from_request(request), action="model_version.downloaded", target=version
         )
-        return FileResponse(
-            open(artifact_path(version.artifact_sha256), "rb"),  # noqa: SIM115
+        response = FileResponse(
+            plaintext,
             as_attachment=True,
             filename=f"{version.model.name}-v{version.number}.{version.format or 'bin'}",
             content_type="application/octet-stream",
         )
+        response["Content-Length"] = str(version.artifact_size)
+        return response
 
 
 class VersionApprovalApi(APIView):

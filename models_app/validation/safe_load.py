@@ -35,6 +35,7 @@ Standalone: the standard library plus the environment's numpy/joblib/skops, and
 from __future__ import annotations
 
 import _compat_pickle
+import contextlib
 import importlib
 import inspect
 import io
@@ -524,11 +525,21 @@ def _joblib_unpickler_class() -> type:
 # --------------------------------------------------------------------------- entry points
 
 
-def load_model(path: str, fmt: str, *, allowlist: dict[str, Any] | None = None) -> Any:
-    """Load an uploaded model under the policy, then :func:`check_model` it."""
+def _opened(source: Any) -> Any:
+    """An open binary file for a path, or the caller's own file object (not closed here)."""
+    if hasattr(source, "read"):
+        return contextlib.nullcontext(source)
+    return open(source, "rb")  # noqa: SIM115 - the caller's with closes it
+
+
+def load_model(path: Any, fmt: str, *, allowlist: dict[str, Any] | None = None) -> Any:
+    """Load an uploaded model under the policy, then :func:`check_model` it.
+
+    `path` is a file name, or a binary file object at offset 0 (a replica decrypts its model
+    into memory and loads it from there): the same policy applies to both."""
     allowlist = allowlist if allowlist is not None else load_allowlist()
     if fmt == "pickle":
-        with open(path, "rb") as fh:
+        with _opened(path) as fh:
             model = _GuardedUnpickler(fh, allowlist).load()
             if fh.read(1):
                 raise UnsafeModelError("refused by the loader: data after the pickle stream")
@@ -542,13 +553,14 @@ def load_model(path: str, fmt: str, *, allowlist: dict[str, Any] | None = None) 
     return model
 
 
-def _load_joblib(path: str, allowlist: dict[str, Any]) -> Any:
+def _load_joblib(path: Any, allowlist: dict[str, Any]) -> Any:
     from joblib import numpy_pickle_utils as utils
 
     # joblib's own decompressing reader (the name changed in joblib 1.5).
     opener = getattr(utils, "_validate_fileobject_and_memmap", None) or utils._read_fileobject
     cls = _joblib_unpickler_class()
-    with open(path, "rb") as f, opener(f, path, None) as opened:
+    name = path if isinstance(path, (str, os.PathLike)) else "<memory>"
+    with _opened(path) as f, opener(f, name, None) as opened:
         fobj = opened[0] if isinstance(opened, tuple) else opened
         if isinstance(fobj, str):
             # joblib < 0.10 single-file container: a zlib stream of one pickle.
@@ -556,20 +568,26 @@ def _load_joblib(path: str, allowlist: dict[str, Any]) -> Any:
 
             from joblib.numpy_pickle_compat import read_zfile
 
-            with open(path, "rb") as raw:
+            with _opened(path) as raw:
+                raw.seek(0)
                 data = read_zfile(raw) if callable(read_zfile) else zlib.decompress(raw.read())
             fobj = io.BytesIO(data)
-        unpickler = cls(path, fobj, allowlist)
+        unpickler = cls(name, fobj, allowlist)
         model = unpickler.load()
         if fobj.read(1):
             raise UnsafeModelError("refused by the loader: data after the pickle stream")
         return model
 
 
-def _load_skops(path: str, allowlist: dict[str, Any]) -> Any:
+def _load_skops(path: Any, allowlist: dict[str, Any]) -> Any:
     import skops.io as sio
 
-    untrusted = sio.get_untrusted_types(file=path)
+    if hasattr(path, "read"):
+        data = path.read()
+        untrusted = sio.get_untrusted_types(data=data)
+        path = io.BytesIO(data)
+    else:
+        untrusted = sio.get_untrusted_types(file=path)
     refused = [t for t in untrusted if policy.check_allowed(t, allowlist)]
     if refused:
         raise UnsafeModelError(

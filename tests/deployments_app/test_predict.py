@@ -812,6 +812,7 @@ def portal_server(tmp_path):
         DJANGO_SECRET_KEY=SECRET,
         PORTAL_AUDIT_KEY="test-audit-" + "y" * 32,
         DJANGO_ALLOWED_HOSTS="127.0.0.1",
+        PORTAL_ARTIFACT_KEY_FILE=str(dj_settings.PORTAL_ARTIFACT_KEY_FILE),  # opens our store
         DJANGO_SECURE_SSL_REDIRECT="false",
         DATABASE_URL=f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
         PORTAL_DATA_DIR=str(tmp_path / "var"),
