@@ -259,10 +259,12 @@ def predict(c: Context, name: str, body: str, dialect: str, api_key_stdin: bool)
 @click.argument("name")
 @click.argument("version", type=int)
 @click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False))
+@click.option("--onnx", is_flag=True, help="the ONNX bundle (onnxruntime, no scikit-learn)")
+@click.option("--wheels", is_flag=True, help="include the pinned wheels (offline hosts)")
 @pass_ctx
-def bundle(c: Context, name: str, version: int, out: str) -> None:
+def bundle(c: Context, name: str, version: int, out: str, onnx: bool, wheels: bool) -> None:
     """Download the edge bundle (.tar.gz) of a ready version."""
-    path = c.client.bundle(name, version, out)
+    path = c.client.bundle(name, version, out, onnx=onnx, wheels=wheels)
     c.emit({"path": str(path)}, str(path))
 
 

@@ -227,9 +227,23 @@ class PortalClient:
     def download(self, name: str, version: int, path: str | os.PathLike) -> Path:
         return self._stream_to(f"/api/v1/models/{name}/versions/{int(version)}/download", path)
 
-    def bundle(self, name: str, version: int, path: str | os.PathLike) -> Path:
-        """The edge bundle of a ready version (.tar.gz: artifact, server, Dockerfile)."""
-        return self._stream_to(f"/api/v1/models/{name}/versions/{int(version)}/bundle", path)
+    def bundle(
+        self,
+        name: str,
+        version: int,
+        path: str | os.PathLike,
+        *,
+        onnx: bool = False,
+        wheels: bool = False,
+    ) -> Path:
+        """The edge bundle of a ready version (.tar.gz: artifact, server, Dockerfile).
+
+        ``onnx=True``: the small bundle of the version's ONNX export (onnxruntime, no
+        scikit-learn); ``wheels=True``: with the pinned wheels, for hosts without an index.
+        """
+        query = "&".join(q for q, on in (("flavor=onnx", onnx), ("wheels=1", wheels)) if on)
+        url = f"/api/v1/models/{name}/versions/{int(version)}/bundle"
+        return self._stream_to(url + (f"?{query}" if query else ""), path)
 
     def _stream_to(self, url: str, path: str | os.PathLike) -> Path:
         target = Path(path)

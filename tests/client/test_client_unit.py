@@ -85,3 +85,22 @@ def test_cli_usage_errors_exit_1(monkeypatch):
     assert main(["no-such-command"]) == 1
     assert main(["predict", "d", "--json", "{nope"]) == 1
     assert main(["--help"]) == 0
+
+
+def test_bundle_flavors_and_wheels_are_query_parameters(tmp_path):
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(200, content=b"tgz")
+
+    client = PortalClient("http://p", "t", transport=httpx.MockTransport(handler))
+    client.bundle("m", 2, tmp_path / "a.tar.gz")
+    client.bundle("m", 2, tmp_path / "b.tar.gz", onnx=True)
+    client.bundle("m", 2, tmp_path / "c.tar.gz", onnx=True, wheels=True)
+    assert seen == [
+        "http://p/api/v1/models/m/versions/2/bundle",
+        "http://p/api/v1/models/m/versions/2/bundle?flavor=onnx",
+        "http://p/api/v1/models/m/versions/2/bundle?flavor=onnx&wheels=1",
+    ]
+    assert (tmp_path / "c.tar.gz").read_bytes() == b"tgz"
