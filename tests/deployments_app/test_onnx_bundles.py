@@ -230,3 +230,55 @@ def test_the_version_page_shows_the_onnx_report(role_client):
     assert 'id="onnx-status">not converted</span>' in html and "tokenizer=&#x27;word&#x27;" in html
     assert "flavor=onnx" not in html
     assert 'id="onnx"' not in viewer.get("/models/iris/versions/3/").content.decode()
+
+
+TRAIN_WORD_TFIDF = """
+import sys, joblib, pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+texts = ["win money now", "cheap pills online", "meeting at noon", "lunch tomorrow?",
+         "win a free prize", "project notes attached", "free money offer", "see you at noon"]
+labels = [1, 1, 0, 0, 1, 0, 1, 0]
+model = Pipeline([("features", ColumnTransformer([("content", TfidfVectorizer(), "content")])),
+                  ("clf", LogisticRegression())])
+model.fit(pd.DataFrame({"content": texts}), labels)
+joblib.dump(model, sys.argv[1])
+"""
+
+
+def test_a_word_tfidf_pipeline_converts_with_the_locale_option(tmp_path):
+    """The text-vectorizer pitfall: the converter's default locale (en_US) is not in the
+    sandbox's minimal root; onnx_convert passes locale "C" and sklearn's token pattern."""
+    reqs = {**envs.resolve_requirements("1.9.1", 2, "joblib"), **onnx_export.ONNX_PINS}
+    env = envs.ensure_env(
+        reqs, root=dj_settings.PORTAL_ENV_CACHE, wheelhouse=dj_settings.PORTAL_WHEELHOUSE
+    )
+    model = tmp_path / "text.joblib"
+    subprocess.run([str(env.python), "-c", TRAIN_WORD_TFIDF, str(model)], check=True, timeout=120)
+    dest = tmp_path / "model.onnx"
+    result = sandbox.run_inspection(
+        model,
+        fmt="joblib",
+        env=env,
+        example=[["win free money"], ["notes for the meeting"]],
+        columns=["content"],
+        allowlist=envs.ensure_allowlist(env),
+        script_path=onnx_export.CONVERT_SCRIPT,
+        extra_options={
+            "schema": {
+                "columns": ["content"],
+                "column_types": {"content": "string"},
+                "n_features": 1,
+            },
+            "tolerance": 1e-4,
+            "sample_rows": 50,
+            "opsets": list(onnx_export.OPSETS),
+        },  # fmt: skip
+        output=("model.onnx", dest),
+    )
+    assert result["status"] == "converted", result.get("reason") or result
+    assert result["labels_identical"] is True and result["max_delta"] <= 1e-4
+    assert result["inputs"] == [{"name": "content", "kind": "string"}]
+    assert dest.stat().st_size > 0
