@@ -92,21 +92,22 @@ def _positional(name: str, n_features: int) -> bool:
 # --------------------------------------------------------------------------- hashing
 
 
-_keys: dict[str, bytes] = {}
+_keyed: dict[str, Any] = {}  # secret -> an HMAC already keyed: each value copies it
 
 
 def capture_key() -> bytes:
-    secret = settings.SECRET_KEY
-    key = _keys.get(secret)
-    if key is None:
-        key = _keys[secret] = hashlib.sha256(KEY_LABEL + secret.encode()).digest()
-    return key
+    return hashlib.sha256(KEY_LABEL + settings.SECRET_KEY.encode()).digest()
 
 
 def hash_value(value: Any) -> str:
     """HMAC-SHA256 (hex) of a value's text: a string as it is, anything else as JSON."""
-    text = value if isinstance(value, str) else json.dumps(value)
-    return hmac.new(capture_key(), text.encode(), hashlib.sha256).hexdigest()
+    secret = settings.SECRET_KEY
+    keyed = _keyed.get(secret)
+    if keyed is None:
+        keyed = _keyed[secret] = hmac.new(capture_key(), digestmod=hashlib.sha256)
+    mac = keyed.copy()
+    mac.update((value if isinstance(value, str) else json.dumps(value)).encode())
+    return mac.hexdigest()
 
 
 def _apply(action: str, length: int, value: Any) -> Any:
