@@ -15,7 +15,7 @@ Exactly one JSON object is written to the ORIGINAL standard output::
 
     {"ok": bool, "error": str|None, "warnings": [...], "estimator": {...},
      "schema": {"n_features", "columns", "column_types"}, "smoke": {...},
-     "versions": {...}, "timings_ms": {...}}
+     "versions": {...}, "timings_ms": {...}, "importance": {...} | absent}
 
 Everything else (prints of the model, C libraries writing to fd 1) goes to
 standard error, which the sandbox keeps, bounded, for the report.
@@ -380,6 +380,71 @@ def smoke_test(est, info, schema, options, report):
     return smoke
 
 
+# --------------------------------------------------------------------------- importance
+
+IMPORTANCE_MAX_ROWS = 200
+IMPORTANCE_MAX_EVALUATIONS = 300  # features x repeats: predict calls, each on <= 200 rows
+
+
+def _output(est, X, proba):
+    import numpy as np
+
+    out = est.predict_proba(X) if proba else est.predict(X)
+    return np.asarray(out)
+
+
+def importance(est, info, schema, rows, columns, report):
+    """Global importance: scikit-learn's permutation_importance on the example rows, scored
+    by how far the model's own output moves (mean absolute change of predict_proba, or of
+    predict; for labels the share of changed predictions), so no true labels are needed.
+    Bounded: at most IMPORTANCE_MAX_ROWS rows and IMPORTANCE_MAX_EVALUATIONS predict calls.
+    Returns the report entry, or one saying why it was skipped."""
+    import numpy as np
+    from sklearn.inspection import permutation_importance
+
+    rows = list(rows)[:IMPORTANCE_MAX_ROWS]
+    if len(rows) < 2:
+        return {"skipped": "needs an input example of at least 2 rows"}
+    X = build_input(rows, schema, columns)
+    if isinstance(X, list):  # raw text: a single column, nothing to rank
+        return {"skipped": "a single text input: nothing to compare"}
+    n_features = X.shape[1]
+    repeats = min(5, IMPORTANCE_MAX_EVALUATIONS // max(1, n_features))
+    if repeats < 1:
+        return {"skipped": f"{n_features} features: more than the importance budget"}
+    proba = bool(info.get("has_predict_proba"))
+    y = _output(est, X, proba)
+    labels = y.dtype.kind not in "fiub"
+
+    def moved(model, data, expected):
+        out = _output(model, data, proba)
+        if labels:
+            return -float(np.mean(out != expected))
+        return -float(np.mean(np.abs(out.astype(float) - expected.astype(float))))
+
+    t0 = time.perf_counter()
+    result = permutation_importance(
+        est, X, y, scoring=moved, n_repeats=repeats, random_state=0, n_jobs=1
+    )
+    ms = round((time.perf_counter() - t0) * 1000, 2)
+    report.data["timings_ms"]["importance"] = ms
+    names = schema.get("columns") or [f"x{i}" for i in range(n_features)]
+    features = [
+        {"name": str(n), "importance": float(m), "std": float(s)}
+        for n, m, s in zip(names, result.importances_mean, result.importances_std, strict=True)
+    ]
+    features.sort(key=lambda f: -abs(f["importance"]))
+    return {
+        "method": "permutation",
+        "output": "predict_proba" if proba else "predict",
+        "score": "share of changed predictions" if labels else "mean absolute change",
+        "rows": len(rows),
+        "repeats": repeats,
+        "features": features,
+        "ms": ms,
+    }
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -438,6 +503,18 @@ def main(argv):
         phase = "predict"
         report.data["smoke"] = smoke_test(est, info, schema, options, report)
         report.data["ok"] = True
+
+        phase = "importance"  # informative only: a failure here rejects nothing
+        if options.get("example"):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    report.data["importance"] = importance(
+                        est, info, schema, options["example"], options.get("columns"), report
+                    )
+                except Exception as exc:  # noqa: BLE001 - reported, not fatal
+                    report.data["importance"] = {"skipped": f"failed: {_error(exc)}"}
+                report.add_caught("importance", caught)
     except BaseException as exc:  # noqa: BLE001 - SystemExit from a model is a failure too
         report.data["ok"] = False
         report.data["error"] = f"{phase} failed: {_error(exc)}"

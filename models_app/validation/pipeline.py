@@ -209,7 +209,11 @@ def validate_artifact(
         memory_mb=settings.PORTAL_SANDBOX_MEMORY_MB,
     )
     report.data["sandbox"] = result.get("sandbox")
-    report.data["inspection"] = {k: v for k, v in result.items() if k != "sandbox"}
+    report.data["inspection"] = {
+        k: v for k, v in result.items() if k not in ("sandbox", "importance")
+    }
+    if result.get("importance"):  # the version page's bar chart (importance.html)
+        report.data["importance"] = result["importance"]
     if not result.get("ok"):
         reason = f"loading the model in the sandbox failed: {result.get('error')}"
         report.step("load", "Sandboxed load", False, reason, t)

@@ -235,3 +235,109 @@ def test_too_many_rows_are_refused():
     )
     with pytest.raises(explain.ExplainError, match=f"at most {explain.MAX_ROWS} rows"):
         explainer.explain([[1, 2]] * (explain.MAX_ROWS + 1))
+
+
+# --------------------------------------------------------------------------- the proxy's side
+
+SPAM_SCHEMA = {
+    "n_features": 2,
+    "columns": ["content", "sender"],
+    "column_types": {"content": "string", "sender": "string"},
+    "has_predict_proba": True,
+}
+ROWS = [["free money", "a@b.c"], ["minutes", "c@d.e"]]
+UPSTREAM = {
+    "predictions": [1, 0],
+    "explanations": [{"base_value": 0.5, "contributions": {"content": 0.2, "sender": 0.1}}],
+    "explainer": {"method": "kernel_shap", "exact": True},
+}
+JSON = {"content-type": "application/json"}
+
+
+def _dialects():
+    from deployments_app.predict import protocols
+
+    records = [dict(zip(["content", "sender"], r, strict=True)) for r in ROWS]
+    v2_inputs = [
+        {"name": c, "shape": [2], "datatype": "BYTES", "data": [r[j] for r in ROWS]}
+        for j, c in enumerate(["content", "sender"])
+    ]
+    return {
+        "portal": (protocols.PORTAL, {"instances": records, "params": {"explain": True}}),
+        "v1": (protocols.KSERVE_V1, {"instances": ROWS, "parameters": {"explain": True}}),
+        "mlflow": (
+            protocols.MLFLOW,
+            {"dataframe_records": records, "params": {"explain": True}},
+        ),
+        "v2": (protocols.V2, {"inputs": v2_inputs, "parameters": {"explain": True}}),
+    }
+
+
+@pytest.mark.parametrize("dialect", ["portal", "v1", "mlflow", "v2"])
+def test_every_dialect_reads_explain_and_forwards_it_and_says_the_answer(dialect):
+    from types import SimpleNamespace
+
+    from deployments_app.predict.pipeline import _upstream_body
+
+    protocol, document = _dialects()[dialect]
+    parsed = protocol.parse(json.dumps(document).encode(), JSON, SPAM_SCHEMA)
+    assert parsed.explain is True and parsed.rows == ROWS
+    assert json.loads(_upstream_body(parsed))["params"]["explain"] is True
+    # A shadow copy (proba given) never explains: it would double the cost unseen.
+    assert "explain" not in json.loads(_upstream_body(parsed, proba=True))["params"]
+    call = SimpleNamespace(
+        target=SimpleNamespace(name="d", model_name="m"),
+        version=1,
+        request=SimpleNamespace(request_id="r1"),
+    )
+    answer = json.loads(protocol.render(call, UPSTREAM, parsed).body)
+    said = answer["parameters"] if dialect == "v2" else answer
+    assert said["explanations"] == UPSTREAM["explanations"]
+    assert said["explainer"] == UPSTREAM["explainer"]
+    # Without explain: nothing added, nothing forwarded.
+    document = {k: v for k, v in document.items() if k not in ("params", "parameters")}
+    parsed = protocol.parse(json.dumps(document).encode(), JSON, SPAM_SCHEMA)
+    assert parsed.explain is False
+    assert "explain" not in json.loads(_upstream_body(parsed))["params"]
+
+
+def test_explain_must_be_a_boolean_and_is_capped_in_rows():
+    from deployments_app.predict.inputs import MAX_EXPLAIN_ROWS, InputError, parse_body
+
+    with pytest.raises(InputError, match="'explain' must be true or false") as bad:
+        parse_body({"instances": ROWS, "params": {"explain": "yes"}}, SPAM_SCHEMA)
+    assert bad.value.status == 400
+    assert MAX_EXPLAIN_ROWS == explain.MAX_ROWS  # the proxy refuses what the replica would
+    many = {"instances": ROWS * MAX_EXPLAIN_ROWS, "params": {"explain": True}}
+    with pytest.raises(InputError, match=f"at most {MAX_EXPLAIN_ROWS} rows") as big:
+        parse_body(many, SPAM_SCHEMA)
+    assert big.value.status == 413
+
+
+def test_reference_rows_come_from_the_stored_example_and_stay_small():
+    from deployments_app.predict.inputs import MAX_REFERENCE_BYTES, reference_rows
+
+    stored = {"rows": ROWS, "columns": ["content", "sender"]}
+    assert reference_rows(stored, SPAM_SCHEMA) == ROWS
+    assert reference_rows(None, SPAM_SCHEMA) is None
+    assert reference_rows({"rows": [[1, 2, 3]]}, SPAM_SCHEMA) is None  # does not fit
+    big = {"rows": [["x" * 2000, "y"]] * 100}
+    rows = reference_rows(big, SPAM_SCHEMA)
+    assert rows and len(json.dumps(rows)) <= MAX_REFERENCE_BYTES
+
+
+@pytest.mark.django_db
+def test_the_try_it_form_offers_explain_to_those_who_may_predict(role_client):
+    from deployments_app.models import Deployment
+    from models_app.models import ModelVersion, RegisteredModel
+
+    model = RegisteredModel.objects.create(name="m")
+    version = ModelVersion.objects.create(
+        model=model, number=1, status="ready", artifact_sha256="0" * 64, artifact_size=1
+    )
+    Deployment.objects.create(name="d", model=model, version=version, state="running")
+    page = role_client("deployer").get("/deployments/d/").content.decode()
+    assert 'id="try-explain"' in page and 'id="try-explanations"' in page
+    assert 'id="try-explain"' not in role_client("viewer").get("/deployments/d/").content.decode()
+    script = (REPO / "static" / "js" / "try_it.js").read_text()
+    assert "explain: true" in script and "showExplanations" in script
