@@ -215,14 +215,15 @@ def convert(est, types, opsets, report):
                 )
             report["opset"] = target
             if errors:
-                report["notes"] = [f"opset {e}" for e in errors]
+                report["notes"] = [f"opset {t}: {m}" for t, m in errors]
             return onx
         except Exception as exc:  # noqa: BLE001 - the next opset set, else the reason
-            errors.append(f"{target}: {type(exc).__name__}: {_clip(exc)}")
-    messages = [e.split(": ", 1)[1] for e in errors]
-    if len(set(messages)) == 1:  # the same refusal at every opset: say it once
-        raise RuntimeError(f"{messages[0]} (opsets tried: {[e.split(': ')[0] for e in errors]})")
-    raise RuntimeError("; ".join(errors))
+            errors.append((target, f"{type(exc).__name__}: {_clip(exc)}"))
+    messages = {message for _, message in errors}
+    tried = [target for target, _ in errors]
+    if len(messages) == 1:  # the same refusal at every opset: say it once
+        raise RuntimeError(f"{messages.pop()} (opsets tried: {tried})")
+    raise RuntimeError("; ".join(f"opset {target}: {message}" for target, message in errors))
 
 
 def _outputs(sess):

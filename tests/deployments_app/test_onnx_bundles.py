@@ -282,3 +282,41 @@ def test_a_word_tfidf_pipeline_converts_with_the_locale_option(tmp_path):
     assert result["labels_identical"] is True and result["max_delta"] <= 1e-4
     assert result["inputs"] == [{"name": "content", "kind": "string"}]
     assert dest.stat().st_size > 0
+
+
+def _convert_house(tmp_path, *, tolerance: float, opsets: list) -> tuple[dict, object]:
+    reqs = {**envs.resolve_requirements("1.5.2", 1, "pickle"), **onnx_export.ONNX_PINS}
+    env = envs.ensure_env(
+        reqs, root=dj_settings.PORTAL_ENV_CACHE, wheelhouse=dj_settings.PORTAL_WHEELHOUSE
+    )
+    dest = tmp_path / "model.onnx"
+    result = sandbox.run_inspection(
+        FIXTURE_DIR / "house_price_linreg.pkl",
+        fmt="pickle",
+        env=env,
+        example=[[1500, 3, 2], [2500, 4, 3]],
+        allowlist=envs.ensure_allowlist(env),
+        script_path=onnx_export.CONVERT_SCRIPT,
+        extra_options={
+            "schema": {"n_features": 3},
+            "tolerance": tolerance,
+            "sample_rows": 20,
+            "opsets": opsets,
+        },  # fmt: skip
+        output=("model.onnx", dest),
+    )
+    return result, dest
+
+
+def test_the_parity_gate_fails_a_tolerance_below_float32_and_opsets_fall_back(tmp_path):
+    result, dest = _convert_house(tmp_path, tolerance=0.0, opsets=list(onnx_export.OPSETS))
+    assert result["status"] == "failed parity", result
+    assert 0 < result["max_delta"] < 1e-5 and "exceeds the tolerance 0" in result["reason"]
+    assert not dest.exists()  # a model that fails the gate is not kept
+    # An opset set the converter refuses is followed by the next one, and noted.
+    result, dest = _convert_house(
+        tmp_path, tolerance=1e-4, opsets=[{"": 99, "ai.onnx.ml": 3}, onnx_export.OPSETS[0]]
+    )
+    assert result["status"] == "converted", result
+    assert result["opset"] == onnx_export.OPSETS[0] and len(result["notes"]) == 1
+    assert dest.stat().st_size > 0
