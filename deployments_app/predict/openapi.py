@@ -10,7 +10,17 @@ from typing import Any
 
 _ROWS = {"type": "array", "items": {"type": "array", "items": {}}, "minItems": 1}
 _RECORDS = {"type": "array", "items": {"type": "object"}, "minItems": 1}
-_PARAMS = {"type": "object", "properties": {"proba": {"type": "boolean"}}}
+_PARAMS = {
+    "type": "object",
+    "properties": {
+        "proba": {"type": "boolean"},
+        "explain": {
+            "type": "boolean",
+            "description": "per-row feature contributions and base value (at most 20 rows; "
+            "its own rate limit, PORTAL_EXPLAIN_RATE_PER_MINUTE)",
+        },
+    },
+}
 _ERROR = {
     "type": "object",
     "properties": {
@@ -101,6 +111,22 @@ PREDICT_OUT = {
         "predictions": {"type": "array"},
         "probabilities": {"type": "array"},
         "classes": {"type": "array"},
+        "explanations": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "base_value": {"type": "number"},
+                    "output": {"type": "number"},
+                    "class": {},
+                    "contributions": {
+                        "type": "object",
+                        "additionalProperties": {"type": "number"},
+                    },
+                },
+            },
+        },
+        "explainer": {"type": "object"},
         "deployment": {"type": "string"},
         "model": {"type": "string"},
         "version": {"type": "integer"},
