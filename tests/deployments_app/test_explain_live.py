@@ -5,6 +5,7 @@ with the docker runtime and started once for the module, its reference sample be
 version's input example as the portal passes it (MODEL_REFERENCE). Calls go through the
 prediction pipeline (Django's blocking driver, and the asynchronous lane for V2) with an API
 key; the log rows and the explain rate limit are checked on the real database and Redis.
+The try-it form's explain checkbox is driven in Chromium (tests/browser's fixtures).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from deployments_app.runtimes.base import BuildSpec, ReplicaLimits
 from deployments_app.services import SERVER_DIR
 from models_app.models import ModelVersion, RegisteredModel
 from models_app.validation.pipeline import validate_artifact
+from tests.browser.conftest import browser, login, page  # noqa: F401 - fixtures by name
 from tests.conftest import FIXTURE_DIR, AsgiLaneClient
 from tests.deployments_app import test_predict as tp
 from tests.services import require
@@ -247,6 +249,9 @@ def test_explain_on_every_dialect_sums_logs_and_has_its_own_rate_limit(
 
     # The log: every explain call marked, refused ones included; the plain call not.
     logs = list(PredictionLog.objects.filter(deployment_name=NAME).order_by("created_at"))
+    plain = [r.upstream_ms for r in logs if r.status_code == 200 and not r.explained]
+    explained = [r.upstream_ms for r in logs if r.status_code == 200 and r.explained]
+    print(f"replica time: plain {plain} ms, explained {[round(v, 1) for v in explained]} ms")
     assert [(r.status_code, r.explained) for r in logs] == [
         (200, True),
         (200, True),
@@ -257,3 +262,34 @@ def test_explain_on_every_dialect_sums_logs_and_has_its_own_rate_limit(
         (200, False),
         (400, False),
     ]
+
+
+def test_try_it_explain_checkbox_draws_each_features_contribution(
+    page,  # noqa: F811 - the browser fixture imported above
+    deployment,
+    make_user,
+):
+    deployment, entry = deployment
+    user = make_user("deployer")
+    login(page, user)
+    page.goto(f"/deployments/{NAME}/")
+    assert json.loads(page.locator("#try-body").input_value()) == {
+        "instances": entry["input_example"]
+    }
+    page.check("#try-explain")
+    page.click("#try-send")
+    page.wait_for_selector("#try-explanations:not([hidden]) table")
+    assert page.locator("#try-status").inner_text().startswith("HTTP 200")
+    tables = page.locator("#try-explanations table")
+    assert tables.count() == 2  # one per row
+    first = tables.nth(0).inner_text()
+    assert "content" in first and "sender" in first and "class 1" in first
+    answer = json.loads(page.locator("#try-answer").inner_text())
+    assert [r["class"] for r in answer["explanations"]] == entry["expected_predict"]
+    log = PredictionLog.objects.get(deployment_name=NAME)
+    assert (log.caller, log.status_code, log.explained) == (user.username, 200, True)
+    # Unchecked: a plain call, nothing drawn.
+    page.uncheck("#try-explain")
+    page.click("#try-send")
+    page.wait_for_function("document.getElementById('try-explanations').hidden")
+    assert not page.js_errors
