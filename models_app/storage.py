@@ -190,30 +190,44 @@ class _PlainReader(io.RawIOBase):
         self._fh.seek(cipher.HEADER_SIZE)
         self._parts = cipher.iter_plaintext(self._fh, key, header)
         self._digest = hashlib.sha256()
-        self._pending = b""
+        self._pending = memoryview(b"")
         self._done = False
 
     def readable(self) -> bool:
         return True
 
+    def _next_part(self) -> bool:
+        """Decrypt the next chunk into _pending; False at the (hash-checked) end."""
+        try:
+            part = next(self._parts)
+        except StopIteration:
+            self._done = True
+            if self._digest.hexdigest() != self._sha:
+                raise ArtifactUnreadable(
+                    f"artifact {self._sha[:12]} does not match its hash"
+                ) from None
+            return False
+        except cipher.ArtifactCipherError as exc:
+            raise ArtifactUnreadable(f"artifact {self._sha[:12]}: {exc}") from exc
+        self._digest.update(part)
+        self._pending = memoryview(part)
+        return True
+
     def readinto(self, buffer) -> int:
         while not self._pending and not self._done:
-            try:
-                self._pending = next(self._parts)
-            except StopIteration:
-                self._done = True
-                if self._digest.hexdigest() != self._sha:
-                    raise ArtifactUnreadable(
-                        f"artifact {self._sha[:12]} does not match its hash"
-                    ) from None
-                break
-            except cipher.ArtifactCipherError as exc:
-                raise ArtifactUnreadable(f"artifact {self._sha[:12]}: {exc}") from exc
-            self._digest.update(self._pending)
+            self._next_part()
         n = min(len(buffer), len(self._pending))
         buffer[:n] = self._pending[:n]
         self._pending = self._pending[n:]
         return n
+
+    def readall(self) -> bytes:
+        parts = [bytes(self._pending)]
+        while not self._done:
+            if self._next_part():
+                parts.append(bytes(self._pending))
+        self._pending = memoryview(b"")
+        return b"".join(parts)
 
     def close(self) -> None:
         if not self.closed:

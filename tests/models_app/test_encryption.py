@@ -456,3 +456,32 @@ def test_a_server_started_without_its_key_exits_with_a_clear_line(key_a, tmp_pat
     assert result.returncode == 3
     line = json.loads(result.stderr.strip().splitlines()[-1])
     assert line["event"] == "load_failed" and "no key was given" in line["error"]
+
+
+@pytest.mark.django_db
+@pytest.mark.slow
+def test_after_a_rotation_a_version_still_validates_from_its_encrypted_artifact(
+    key_a, settings, manifest, make_user
+):
+    """Validation reads the plaintext through a private temporary file: under the new key
+    the version goes through the whole pipeline (scan, sandboxed load, smoke test)."""
+    from models_app.services import model_version_upload, model_version_validate
+    from portal.audit import Actor
+
+    entry = manifest["house_price_linreg.pkl"]
+    data = _fixture("house_price_linreg.pkl")
+    version, created = model_version_upload(
+        model_name="enc-validate",
+        chunks=[data],
+        actor=Actor.system("test"),
+        user=make_user("deployer"),
+        filename="house_price_linreg.pkl",
+        example_text=json.dumps(entry["input_example"]),
+    )
+    assert created
+    settings.PORTAL_ARTIFACT_KEY, settings.PORTAL_ARTIFACT_KEY_PREVIOUS = KEY_B, KEY_A
+    call_command("rotate_artifact_key", stdout=io.StringIO())
+    settings.PORTAL_ARTIFACT_KEY_PREVIOUS = ""
+    done = model_version_validate(version_id=version.pk)
+    assert done.status == "ready", done.rejection_reason
+    assert done.example_output  # the smoke test ran on the decrypted model
