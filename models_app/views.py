@@ -85,9 +85,13 @@ def version_detail(request: HttpRequest, name: str, number: int) -> HttpResponse
 
 @require_GET
 @capability_required("view")
-def version_download(request: HttpRequest, name: str, number: int) -> FileResponse:
+def version_download(request: HttpRequest, name: str, number: int) -> HttpResponse:
     version = selectors.version_get(model_name=name, number=number)
-    plaintext = artifact_open(version.artifact_sha256)  # decrypts as it is sent
+    try:
+        plaintext = artifact_open(version.artifact_sha256)  # decrypts as it is sent
+    except ApplicationError as exc:  # the key is wrong or missing here: say so on the page
+        messages.error(request, exc.message)
+        return redirect("version-detail", version.model.name, version.number)
     audit_record(
         actor=Actor.from_request(request), action="model_version.downloaded", target=version
     )

@@ -395,13 +395,17 @@ def test_downloads_decrypt_for_those_allowed_and_are_audited(key_a, api_client, 
 
 @pytest.mark.django_db
 def test_a_download_the_portal_cannot_decrypt_is_a_503_with_a_reason_and_no_audit(
-    key_a, api_client, settings
+    key_a, api_client, settings, client, make_user
 ):
     _version(b"\x80\x04N.")
     settings.PORTAL_ARTIFACT_KEY = KEY_B
     response = api_client("viewer").get("/api/v1/models/enc/versions/1/download")
     assert response.status_code == HTTPStatus.SERVICE_UNAVAILABLE
     assert "not configured" in response.json()["error"]
+    client.force_login(make_user("viewer"))
+    page = client.get("/models/enc/versions/1/download", follow=True)
+    assert page.status_code == HTTPStatus.OK
+    assert "not configured" in page.content.decode()
     assert not AuditEvent.objects.filter(action="model_version.downloaded").exists()
 
 
