@@ -181,3 +181,20 @@ def test_export_csv_and_jsonl_is_permission_checked_and_audited(deployment, role
         role_client("viewer").get(f"/deployments/{deployment.name}/capture/export").status_code
         == HTTPStatus.FORBIDDEN
     )
+
+
+def test_beat_schedules_drift_scores_and_capture_retention(settings):
+    tasks = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+    assert "deployments_app.tasks.drift_compute" in tasks
+    assert "deployments_app.tasks.capture_retention" in tasks
+
+
+def test_retention_task_runs_the_service(deployment):
+    from deployments_app import tasks
+
+    services.capture_policy_set(
+        deployment=deployment, actor=Actor.system(), percent=100, retention_days=1
+    )
+    _captured(deployment, 2, ["old", "o@x", 1, ""])
+    tasks.capture_retention()
+    assert not PredictionLog.objects.filter(payload__isnull=False).exists()
