@@ -347,49 +347,57 @@ class Explainer:
     # -- the model-agnostic estimate ----------------------------------------------
 
     def _kernel(self, values) -> list:
+        """Shapley values of each row against the reference (exact when every coalition
+        fits in the budget, else a paired KernelSHAP sample), the base value being the mean
+        output over the reference rows used, and sum(phi) == output - base. One predict call
+        for the whole request: the reference, the rows and every row's synthetic rows."""
         if not self.reference:
             raise ExplainError(
                 "this version has no input example to compare with: explanations of this "
                 "model need one (upload the version with an input example)"
             )
         kind = self._output_kind("kernel_shap")
-        background = _object_array(self.reference, len(self.features))[:MAX_BACKGROUND]
-        bg_scores = self._scores(background, kind)
-        x_scores = self._scores(values, kind)
+        m, n = len(self.features), len(values)
+        background = _object_array(self.reference, m)[:MAX_BACKGROUND]
+        masks, weights, exact = self._coalitions(m, len(background))
+        b = max(1, min(len(background), MAX_EVALUATIONS // max(1, len(masks))))
+        background = background[:b]
+        blocks = [background, values]
+        for i in range(n):
+            synthetic = np.where(masks[:, None, :], values[i][None, None, :], background[None])
+            blocks.append(synthetic.reshape(-1, m))
+        scores = self._scores(np.concatenate(blocks), kind)
+        bg_scores, x_scores = scores[:b], scores[b : b + n]
+        per_row = scores[b + n :].reshape(n, len(masks), b, *scores.shape[1:])
         results = []
-        for i in range(len(values)):
+        for i in range(n):
             label: dict = {}
             if x_scores.ndim == 2:  # probabilities or multiclass scores: the predicted class
                 k = int(np.argmax(x_scores[i]))
-                fx, bg, col, sign = x_scores[i, k], bg_scores[:, k], k, 1.0
+                fx, bg, v = x_scores[i, k], bg_scores[:, k], per_row[i][..., k]
                 label["class"] = self._label(k)
             elif self.is_classifier and _binary(self.classes):  # one score for class 1
                 k = int(x_scores[i] > 0)
                 sign = 1.0 if k else -1.0
-                fx, bg, col = sign * x_scores[i], sign * bg_scores, None
+                fx, bg, v = sign * x_scores[i], sign * bg_scores, sign * per_row[i]
                 label["class"] = self._label(k)
             else:
-                fx, bg, col, sign = x_scores[i], bg_scores, None, 1.0
-            phi, base, exact = self._shapley(values[i], background, bg, kind, col, sign, fx)
+                fx, bg, v = x_scores[i], bg_scores, per_row[i]
+            base = float(np.mean(bg))
+            phi = _solve(masks, weights, v.mean(axis=1), base, float(fx) - base)
             label["exact"] = exact
             results.append((base, phi, fx, label))
         return results
 
-    def _shapley(self, x, background, bg, kind, col, sign, fx):
-        """(phi, base, exact): Shapley values of row `x` against `background` (exact when
-        every coalition fits in the budget, else a paired KernelSHAP sample), with
-        base = mean output over the background used and sum(phi) == fx - base."""
-        m = len(self.features)
-        b = len(background)
-        budget = MAX_EVALUATIONS // b  # coalitions affordable with this background
-        if budget < 2 * m:  # too many reference rows for this many features: use fewer
-            b = max(1, MAX_EVALUATIONS // (2 * m))
-            background, bg = background[:b], bg[:b]
-            budget = MAX_EVALUATIONS // b
-        base = float(np.mean(bg))
-        gap = float(fx) - base
+    def _coalitions(self, m: int, b: int):
+        """(masks, weights, exact): every coalition when they fit in MAX_EVALUATIONS with `b`
+        reference rows, else a sample of MAX_EVALUATIONS // b (at least 2 m: fewer
+        reference rows are used then)."""
         if m == 1:
-            return np.array([gap]), base, True
+            return np.zeros((0, 1), dtype=bool), np.zeros(0), True
+        budget = MAX_EVALUATIONS // b
+        if budget < 2 * m:
+            budget = MAX_EVALUATIONS // max(1, MAX_EVALUATIONS // (2 * m))
         if 2**m - 2 <= budget:
             masks = np.array(
                 [c for c in itertools.product((0, 1), repeat=m) if 0 < sum(c) < m], dtype=bool
@@ -398,22 +406,23 @@ class Explainer:
             weights = (m - 1) / (
                 np.array([math.comb(m, int(s)) for s in sizes]) * sizes * (m - sizes)
             )
-            exact = True
-        else:
-            masks, weights = _sample_masks(m, budget)
-            exact = False
-        synthetic = np.where(masks[:, None, :], x[None, None, :], background[None, :, :])
-        scores = self._scores(synthetic.reshape(-1, m), kind)
-        if scores.ndim == 2:
-            scores = scores[:, col]
-        v = sign * scores.reshape(len(masks), b).mean(axis=1)
-        z = masks.astype(float)
-        # Efficiency by elimination: phi_last = gap - sum(phi_others).
-        y = v - base - z[:, -1] * gap
-        a = z[:, :-1] - z[:, -1:]
-        sw = np.sqrt(weights)
-        solution, *_ = np.linalg.lstsq(a * sw[:, None], y * sw, rcond=None)
-        return np.append(solution, gap - solution.sum()), base, exact
+            return masks, weights, True
+        masks, weights = _sample_masks(m, budget)
+        return masks, weights, False
+
+
+def _solve(masks, weights, v, base: float, gap: float):
+    """Weighted least squares of the coalition values on the masks, with the efficiency
+    constraint sum(phi) == gap enforced by eliminating the last feature."""
+    m = masks.shape[1]
+    if m == 1:
+        return np.array([gap])
+    z = masks.astype(float)
+    y = v - base - z[:, -1] * gap
+    a = z[:, :-1] - z[:, -1:]
+    sw = np.sqrt(weights)
+    solution, *_ = np.linalg.lstsq(a * sw[:, None], y * sw, rcond=None)
+    return np.append(solution, gap - solution.sum())
 
 
 def _sample_masks(m: int, budget: int):
