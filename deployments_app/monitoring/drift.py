@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db.models import Exists, OuterRef
+
 from deployments_app.models import Deployment, DriftSnapshot
 
 
@@ -125,5 +127,6 @@ def drift_cards(deployments) -> list[dict[str, Any]]:
 def drift_panel_context(request: Any) -> dict[str, Any]:
     """The dashboard panel's context (portal.registry): one card per deployment with drift
     scores, worst first; rendered by templates/deployments_app/_drift_card.html."""
-    deployments = Deployment.objects.filter(drift_snapshots__isnull=False).distinct()
+    scored = DriftSnapshot.objects.filter(deployment=OuterRef("pk"))  # the index answers it
+    deployments = Deployment.objects.filter(Exists(scored))
     return {"drift_cards": drift_cards(deployments)}
