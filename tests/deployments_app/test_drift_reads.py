@@ -49,3 +49,20 @@ def test_dashboard_card_names_each_deployments_worst_feature(deployment):  # noq
     ]  # fmt: skip
     html = render_to_string("deployments_app/_drift_card.html", context)
     assert 'data-deployment="people"' in html and "<code>age</code>" in html
+
+
+def test_category_shares_missing_and_unseen_values_are_scored():
+    from deployments_app.monitoring import stats
+
+    reference = stats.profile(["a"] * 50 + ["b"] * 50, "category")
+    same = stats.compare(reference, ["a"] * 48 + ["b"] * 52)
+    assert same["psi"] < 0.01 and same["chi2_p"] > 0.5 and same["missing_share"] == 0
+    shifted = stats.compare(reference, ["a"] * 10 + ["b"] * 60 + ["c"] * 20 + [None] * 10)
+    assert shifted["psi"] > drift.PSI_MAJOR and shifted["chi2_p"] < 0.001
+    assert shifted["missing_share"] == pytest.approx(0.1)
+    assert shifted["out_of_range_share"] == pytest.approx(20 / 90)  # "c": never in the reference
+    numbers = stats.profile([float(i) for i in range(100)], "number")
+    assert stats.compare(numbers, [float(i) for i in range(0, 100, 2)])["psi"] < 0.05
+    moved = stats.compare(numbers, [float(i) + 50 for i in range(100)])
+    assert moved["psi"] > drift.PSI_MAJOR and moved["ks"] == pytest.approx(0.5)
+    assert moved["out_of_range_share"] == pytest.approx(0.5)
