@@ -562,3 +562,43 @@ def test_alert_operations_never_answer_500(make_user, settings):
     finally:
         request_started.connect(close_old_connections)
         request_finished.connect(close_old_connections)
+
+
+# --------------------------------------------------------------------------- beat, usage
+
+
+def test_the_evaluator_is_on_beat(settings):
+    entry = settings.CELERY_BEAT_SCHEDULE["evaluate-alerts"]
+    assert entry["task"] == "deployments_app.tasks.alerts_evaluate"
+    assert entry["schedule"] == settings.PORTAL_ALERT_EVALUATE_SECONDS
+    assert tasks.alerts_evaluate.name == entry["task"]
+
+
+def test_process_replica_usage_from_proc(tmp_path):
+    """A real busy process stands for a process replica (its state file as the runtime
+    writes it): CPU is near one core, memory is its resident set, the limit the runtime's."""
+    import subprocess
+    import sys
+
+    from deployments_app.runtimes.process_runtime import ProcessRuntime
+
+    runtime = ProcessRuntime(state_root=tmp_path / "state", env_root=tmp_path / "envs")
+    cmd = [sys.executable, "-c", "x = bytearray(40 * 2**20)\nwhile True: pass"]
+    proc = subprocess.Popen(cmd)
+    try:
+        name = f"h5-usage-{proc.pid}"
+        path = runtime._state_path(name)
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"name": name, "pid": proc.pid, "cmdline": cmd,
+                                    "memory_mb": 256}))  # fmt: skip
+        time.sleep(0.5)  # the bytearray is allocated
+        usage = runtime.replica_usage(name)
+        assert usage is not None
+        assert 20 <= usage.cpu_percent <= 110, usage  # one busy thread (on a shared machine)
+        assert 40 * 2**20 <= usage.memory_bytes < 200 * 2**20
+        assert usage.memory_limit_bytes == 256 * 2**20
+        assert runtime.replica_usage(name) is usage  # cached: no second look within 5 s
+    finally:
+        proc.kill()
+        proc.wait()
+    assert runtime.replica_usage("h5-usage-none") is None
