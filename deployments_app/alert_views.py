@@ -35,6 +35,10 @@ class WebhookForm(forms.Form):
     rotate_secret = forms.BooleanField(required=False)
 
 
+def secret_session_key(name: str) -> str:
+    return f"alert-webhook-secret:{name}"
+
+
 def _errors(form: forms.Form) -> str:
     return "; ".join(f"{field}: {' '.join(errors)}" for field, errors in form.errors.items())
 
@@ -114,10 +118,11 @@ def alert_webhook(request: HttpRequest, name: str) -> HttpResponse:
         hook, secret = webhooks.alert_webhook_set(
             deployment=deployment, actor=actor, **form.cleaned_data
         )
-        text = f"Webhook set: alerts are posted to {hook.url}."
+        messages.success(request, f"Webhook set: alerts are posted to {hook.url}.")
         if secret:
-            text += f" Signing secret (shown once, store it now): {secret}"
-        messages.success(request, text)
+            # Shown once by the page (templatetags/alerts.py), from the session: a message
+            # could travel in a cookie.
+            request.session[secret_session_key(name)] = secret
     except ApplicationError as exc:
         messages.error(request, exc.message)
     return _back(name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django import template
 
+from deployments_app.alert_views import secret_session_key
 from deployments_app.models import Alert, AlertRule, AlertWebhook
 from deployments_app.monitoring import alerts
 
@@ -11,9 +12,13 @@ register = template.Library()
 SHOWN = 10
 
 
-@register.simple_tag
-def deployment_alerts(deployment) -> dict:
+@register.simple_tag(takes_context=True)
+def deployment_alerts(context, deployment) -> dict:
+    request = context.get("request")
+    session = getattr(request, "session", None)
+    new_secret = session.pop(secret_session_key(deployment.name), None) if session else None
     return {
+        "new_secret": new_secret,
         "rules": list(AlertRule.objects.filter(deployment=deployment).order_by("id")),
         "recent": list(alerts.alerts_for(deployment=deployment)[:SHOWN]),
         "firing": Alert.objects.filter(deployment=deployment, state=Alert.State.FIRING).count(),

@@ -602,3 +602,25 @@ def test_process_replica_usage_from_proc(tmp_path):
         proc.kill()
         proc.wait()
     assert runtime.replica_usage("h5-usage-none") is None
+
+
+@pytest.mark.django_db
+def test_webhook_form_shows_the_secret_once_from_the_session(role_client, settings):
+    settings.PORTAL_ALERT_WEBHOOK_ALLOW_PRIVATE = False
+    make_deployment()
+    deployer = role_client("deployer")
+    response = deployer.post("/deployments/dep/alert-webhook", {"url": "ftp://x/"}, follow=True)
+    assert "http:// or https://" in response.content.decode()
+    response = deployer.post(
+        "/deployments/dep/alert-webhook", {"url": "https://93.184.216.34/h", "enabled": "on"}
+    )
+    assert response.status_code == 302
+    secret = AlertWebhook.objects.get().secret
+    assert secret not in "".join(c.value for c in response.cookies.values())
+    first = deployer.get("/deployments/dep/").content.decode()
+    assert secret in first and 'id="alert-webhook-secret"' in first
+    assert secret not in deployer.get("/deployments/dep/").content.decode()
+    deployer.post(
+        "/deployments/dep/alert-webhook", {"url": "https://93.184.216.34/h", "delete": "1"}
+    )
+    assert not AlertWebhook.objects.exists()
