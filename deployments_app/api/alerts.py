@@ -12,6 +12,7 @@ from deployments_app.models import Alert, AlertRule
 from deployments_app.monitoring import alerts, webhooks
 from portal.audit import Actor
 from portal.permissions import HasCapability
+from portal.roles import user_can
 
 MAX_LISTED = 500
 
@@ -65,7 +66,9 @@ class WebhookInSerializer(serializers.Serializer):
 
 
 class WebhookOutSerializer(serializers.Serializer):
-    url = serializers.CharField(allow_null=True)
+    url = serializers.CharField(
+        allow_null=True, help_text="scheme and host only for callers who may not deploy"
+    )
     enabled = serializers.BooleanField()
     secret = serializers.CharField(
         required=False, help_text="only when it was just made: store it, it is not shown again"
@@ -117,7 +120,10 @@ class DeploymentAlertWebhookApi(APIView):
     @extend_schema(responses=WebhookOutSerializer)
     def get(self, request, name: str):
         hook = getattr(selectors.deployment_get(name=name), "alert_webhook", None)
-        return Response({"url": hook.url if hook else None, "enabled": bool(hook and hook.enabled)})
+        url = hook.url if hook else None
+        if url and not user_can(request.user, "deploy"):
+            url = webhooks.redacted_url(url)  # the URL may hold the receiver's own secret
+        return Response({"url": url, "enabled": bool(hook and hook.enabled)})
 
     @extend_schema(request=WebhookInSerializer, responses=WebhookOutSerializer)
     def put(self, request, name: str):

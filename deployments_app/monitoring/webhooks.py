@@ -113,6 +113,14 @@ def check_url(url: str, *, resolve: bool = True) -> str:
     return url
 
 
+def redacted_url(url: str) -> str:
+    """Scheme and host only: a webhook URL may carry its own secret in the path or query
+    (chat services' incoming webhooks do), so the audit log and viewers see no more."""
+    parts = urllib.parse.urlsplit(url)
+    rest = "/…" if (parts.path not in ("", "/") or parts.query) else ""
+    return f"{parts.scheme}://{parts.netloc}{rest}"
+
+
 # --------------------------------------------------------------------------- management
 
 
@@ -137,7 +145,7 @@ def alert_webhook_set(*, deployment: Deployment, actor: Actor, url: str, enabled
             actor=actor,
             action="alert_webhook.set",
             target=deployment,
-            details={"url": url, "enabled": hook.enabled, "created": created,
+            details={"url": redacted_url(url), "enabled": hook.enabled, "created": created,
                      "secret_rotated": bool(new_secret and not created)},
         )  # fmt: skip
     return hook, new_secret

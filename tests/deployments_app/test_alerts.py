@@ -375,8 +375,13 @@ def test_webhook_api_secret_once_ssrf_refused(api_client, settings):
     assert response.status_code == 200, response.content
     secret = response.json()["secret"]
     assert len(secret) >= 40 and AlertWebhook.objects.get().secret == secret
-    shown = viewer.get(f"{URL}/alert-webhook").json()
+    shown = deployer.get(f"{URL}/alert-webhook").json()
     assert shown == {"url": hook["url"], "enabled": True}  # the secret is never shown again
+    # Viewers see scheme and host only: a URL may hold the receiver's own secret.
+    assert viewer.get(f"{URL}/alert-webhook").json()["url"] == "https://93.184.216.34/…"
+    assert AuditEvent.objects.get(action="alert_webhook.set").details["url"] == (
+        "https://93.184.216.34/…"
+    )
     again = deployer.put(f"{URL}/alert-webhook", hook | {"enabled": False}, format="json").json()
     assert "secret" not in again and again["enabled"] is False
     rotated = deployer.put(f"{URL}/alert-webhook", hook | {"rotate_secret": True}, format="json")
