@@ -116,6 +116,21 @@ RULES: dict[str, dict[str, object]] = {
     "api-deployment-rollout-promote": {"POST": DEPLOY},
     "api-deployment-rollout-abort": {"POST": DEPLOY},
     "api-deployment-shadow": {"GET": VIEW, "PUT": DEPLOY, "DELETE": DEPLOY},
+    # monitoring (issue 19): reading is for viewers; changing, and reading captured payloads,
+    # is for deployers
+    "alert-list": {"GET": VIEW},
+    "api-alert-list": {"GET": VIEW},
+    "api-deployment-alert-rules": {"GET": VIEW, "POST": DEPLOY, "DELETE": DEPLOY},
+    "api-deployment-alert-webhook": {"GET": VIEW, "PUT": DEPLOY, "DELETE": DEPLOY},
+    "deployment-alert-rules": {"POST": DEPLOY},
+    "deployment-alert-rule-delete": {"POST": DEPLOY},
+    "deployment-alert-webhook": {"POST": DEPLOY},
+    "api-deployment-capture": {"GET": VIEW, "PUT": DEPLOY},
+    "api-deployment-capture-export": {"GET": DEPLOY},
+    "deployment-capture": {"POST": DEPLOY},
+    "deployment-capture-export": {"GET": DEPLOY},
+    "api-deployment-drift": {"GET": VIEW},
+    "api-version-drift-reference": {"GET": VIEW, "POST": UPLOAD},
 }
 KWARGS = {
     "name": "m",
@@ -126,6 +141,7 @@ KWARGS = {
     "action": "scale",
     "user_id": 1,
     "version": 1,
+    "rule_id": 1,
 }
 DEPLOYMENT_KWARGS = {"name": "d"}  # for deployment-* and prediction patterns
 DEPLOYMENT_ROUTES = ("deployment-", "api-deployment-", "predict", "mlflow-", "v1-", "v2-")
