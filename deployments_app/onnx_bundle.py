@@ -112,11 +112,6 @@ wheels/ holds the pinned wheels when downloaded with ?wheels=1 (offline builds).
 """
 
 
-def _read(sha256: str) -> bytes:
-    reader = getattr(storage, "artifact_read", None)  # plaintext, also when stored encrypted
-    return reader(sha256) if reader else storage.artifact_path(sha256).read_bytes()
-
-
 def _wheels(requirements: dict[str, str], tmp: Path) -> dict[str, bytes]:
     reqs = tmp / "requirements.txt"
     reqs.write_text("".join(f"{n}=={v}\n" for n, v in requirements.items()))
@@ -144,7 +139,7 @@ def model_version_onnx_bundle(
             else report.get("status")
         )
         raise ConflictError(f"this version has no ONNX model: {report.get('status', '')} {why}")
-    data = _read(report["sha256"])
+    data = storage.artifact_read(report["sha256"])  # plaintext (stored encrypted)
     if hashlib.sha256(data).hexdigest() != report["sha256"]:
         raise ConflictError("the stored ONNX model does not match its hash")
     requirements = onnx_requirements(version)
