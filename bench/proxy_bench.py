@@ -285,6 +285,7 @@ def setup_environment(tmp: Path, dbname: str, redis_url: str) -> None:
             "DJANGO_DEBUG": "false",
             "DJANGO_SECRET_KEY": secrets.token_urlsafe(48),
             "PORTAL_AUDIT_KEY": secrets.token_urlsafe(32),
+            "PORTAL_ARTIFACT_KEY": secrets.token_hex(32),
             "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
             "DJANGO_SECURE_SSL_REDIRECT": "false",
             "DATABASE_URL": (
