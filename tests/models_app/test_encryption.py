@@ -211,6 +211,35 @@ def test_manage_check_names_the_wrong_key_and_stops(tmp_path):
     assert during_rotation.returncode == 0, during_rotation.stderr
 
 
+def test_a_worker_that_cannot_open_the_store_refuses_to_start(tmp_path):
+    """A Celery worker runs the same checks before it takes a task: with a wrong key it exits
+    at once naming the key the artifacts need, rather than failing every validation later
+    with "did not finish". (On a serving host with no key at all, settings refuse to load, as
+    for every command; celery prints that with its traceback.)"""
+    setup = "from models_app.storage import artifact_store; artifact_store([b'model bytes'])"
+    made = _manage(["shell", "-c", setup], {"PORTAL_ARTIFACT_KEY": KEY_A}, tmp_path)
+    assert made.returncode == 0, made.stderr
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "PORTAL_"))}
+    env |= {"PORTAL_DATA_DIR": str(tmp_path / "data"),
+            "PORTAL_ARTIFACT_DIR": str(tmp_path / "artifacts")}  # fmt: skip
+    worker = [sys.executable, "-m", "celery", "-A", "portal", "worker", "--pool", "solo",
+              "--queues", f"never-{os.getpid()}", "--without-mingle"]  # fmt: skip
+    wrong = subprocess.run(
+        worker, cwd=REPO, env=env | {"PORTAL_ARTIFACT_KEY": KEY_B},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert wrong.returncode == 2, wrong.stderr[-2000:]
+    assert "error: " in wrong.stderr and "wrong PORTAL_ARTIFACT_KEY" in wrong.stderr
+    assert master_key_id(bytes.fromhex(KEY_A)) in wrong.stderr
+    assert "Traceback" not in wrong.stderr
+    missing = subprocess.run(
+        worker, cwd=REPO, env=env | PRODUCTION, capture_output=True, text=True, timeout=120
+    )
+    assert missing.returncode != 0 and "PORTAL_ARTIFACT_KEY or PORTAL_ARTIFACT_KEY_FILE" in (
+        missing.stderr
+    )
+
+
 @pytest.mark.django_db
 def test_readiness_reports_the_key_state(key_a, settings, client):
     storage.artifact_store([b"\x80\x04N."])
