@@ -140,6 +140,20 @@ loader (server/safe_load.py) with the allowlist of the environment it runs in.
 """
 
 
+def bundle_archive(prefix: str, files: dict[str, bytes]) -> IO[bytes]:
+    """`files` as a .tar.gz under the folder `prefix`, in a temporary file at its start (the
+    response closes it)."""
+    out = tempfile.TemporaryFile()  # noqa: SIM115 - handed to the response, which closes it
+    mtime = int(timezone.now().timestamp())
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(f"{prefix}/{name}")
+            info.size, info.mode, info.mtime = len(data), 0o644, mtime
+            tar.addfile(info, io.BytesIO(data))
+    out.seek(0)
+    return out
+
+
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -187,6 +201,7 @@ def model_version_bundle(*, version: ModelVersion, actor: Actor, wheels: bool = 
         raise ConflictError("the stored artifact does not match its hash")
     manifest = {
         "bundle_format": BUNDLE_FORMAT,
+        "flavor": "sklearn",
         "model": spec.model,
         "version": spec.version,
         "format": spec.fmt,
@@ -199,13 +214,7 @@ def model_version_bundle(*, version: ModelVersion, actor: Actor, wheels: bool = 
         "files": {name: _sha256(data) for name, data in sorted(files.items())},
     }
     files["manifest.json"] = json.dumps(manifest, indent=2).encode()
-    out = tempfile.TemporaryFile()  # noqa: SIM115 - handed to the response, which closes it
-    with tarfile.open(fileobj=out, mode="w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(f"{prefix}/{name}")
-            info.size, info.mode, info.mtime = len(data), 0o644, int(timezone.now().timestamp())
-            tar.addfile(info, io.BytesIO(data))
-    out.seek(0)
+    out = bundle_archive(prefix, files)
     with transaction.atomic():
         audit_record(
             actor=actor,

@@ -11,10 +11,8 @@ manifest.json with the SHA-256 of every file and the parity figures of the conve
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import shlex
-import tarfile
 import tempfile
 from pathlib import Path
 from typing import IO, Any
@@ -23,7 +21,12 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from deployments_app.bundles import BUNDLE_FORMAT, WHEELS_NOTE, WheelsUnavailable
+from deployments_app.bundles import (
+    BUNDLE_FORMAT,
+    WHEELS_NOTE,
+    WheelsUnavailable,
+    bundle_archive,
+)
 from deployments_app.runtimes.base import (
     SERVER_PORT,
     SERVER_REQUIREMENTS,
@@ -183,15 +186,7 @@ def model_version_onnx_bundle(
         "files": {n: hashlib.sha256(d).hexdigest() for n, d in sorted(files.items())},
     }
     files["manifest.json"] = json.dumps(manifest, indent=2).encode()
-    out = tempfile.TemporaryFile()  # noqa: SIM115 - handed to the response, which closes it
-    prefix = f"{version.model.name}-v{version.number}-onnx"
-    mtime = int(timezone.now().timestamp())
-    with tarfile.open(fileobj=out, mode="w:gz") as tar:
-        for name, blob in files.items():
-            info = tarfile.TarInfo(f"{prefix}/{name}")
-            info.size, info.mode, info.mtime = len(blob), 0o644, mtime
-            tar.addfile(info, io.BytesIO(blob))
-    out.seek(0)
+    out = bundle_archive(f"{version.model.name}-v{version.number}-onnx", files)
     with transaction.atomic():
         audit_record(
             actor=actor,

@@ -308,19 +308,8 @@ def explain_rate_limited(caller: str) -> int:
     """0 when `caller` (a key or a user) may make another call with explain this minute, else
     the seconds to wait. Exact (one INCR per explain call: each costs far more model time than
     the round trip); PORTAL_EXPLAIN_RATE_PER_MINUTE, shared by every process and host."""
-    now = int(time.time())
-    counter = f"portal:{settings.PORTAL_INSTANCE}:explainrate:{caller}:{now // 60}"
-    client = _redis()
-    if client is None:
-        count = _count_in_cache(counter)
-    else:
-        pipe = client.pipeline(transaction=False)
-        pipe.incr(counter)
-        pipe.expire(counter, 70)
-        count = pipe.execute()[0]
-    if count <= settings.PORTAL_EXPLAIN_RATE_PER_MINUTE:
-        return 0
-    return 60 - now % 60 or 1
+    count, wait = _count_this_minute("explainrate", caller)
+    return 0 if count <= settings.PORTAL_EXPLAIN_RATE_PER_MINUTE else wait
 
 
 def _refill_lock(prefix: str) -> threading.Lock:
@@ -377,8 +366,20 @@ def address_blocked(address: str | None) -> int:
 def bad_key_note(address: str | None) -> int:
     """Count one invalid-key call from `address` in this minute: the seconds to wait once the
     address is over the limit, else 0."""
+    count, wait = _count_this_minute("badkey", address or "-")
+    if count <= settings.PORTAL_INVALID_KEY_LIMIT:
+        return 0
+    if len(_blocked) > 10_000:  # a flood from many addresses: forget the old ones
+        _blocked.clear()
+    _blocked[address or ""] = time.monotonic() + wait
+    return wait
+
+
+def _count_this_minute(kind: str, who: str) -> tuple[int, int]:
+    """Count one more `kind` event of `who` in this minute, shared by every process and host
+    (Redis, else the cache): (the minute's count so far, seconds until the minute ends)."""
     now = int(time.time())
-    counter = f"portal:{settings.PORTAL_INSTANCE}:badkey:{address or '-'}:{now // 60}"
+    counter = f"portal:{settings.PORTAL_INSTANCE}:{kind}:{who}:{now // 60}"
     client = _redis()
     if client is None:
         count = _count_in_cache(counter)
@@ -387,13 +388,7 @@ def bad_key_note(address: str | None) -> int:
         pipe.incr(counter)
         pipe.expire(counter, 70)
         count = pipe.execute()[0]
-    if count <= settings.PORTAL_INVALID_KEY_LIMIT:
-        return 0
-    wait = 60 - now % 60 or 1
-    if len(_blocked) > 10_000:  # a flood from many addresses: forget the old ones
-        _blocked.clear()
-    _blocked[address or ""] = time.monotonic() + wait
-    return wait
+    return count, 60 - now % 60 or 1
 
 
 def _count_in_cache(counter: str) -> int:
