@@ -226,6 +226,27 @@ def _read_csv(data: bytes, schema: dict[str, Any]) -> list[list[Any]]:
         raise ApplicationError(f"the reference dataset is not valid CSV: {exc}") from exc
 
 
+def _read_parquet(data: bytes, schema: dict[str, Any]) -> list[list[Any]]:
+    """Rows of a reference Parquet file, checked and typed as a CSV's are (its values read
+    as the text a CSV would hold: one set of column and type rules for both)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise ApplicationError(f"the reference dataset is not valid Parquet: {exc}") from exc
+    header = table.column_names
+    records = (["" if v is None else str(v) for v in row.values()] for row in table.to_pylist())
+    return _typed_rows(iter([header, *records]), schema)
+
+
+def _read_reference(data: bytes, filename: str, schema: dict[str, Any]) -> list[list[Any]]:
+    if filename.lower().endswith((".parquet", ".pq")) or data[:4] == b"PAR1":
+        return _read_parquet(data, schema)
+    return _read_csv(data, schema)
+
+
 def _typed_rows(reader, schema: dict[str, Any]) -> list[list[Any]]:
     names = capture.feature_names(schema)
     columns = schema.get("columns")
@@ -298,12 +319,11 @@ def _profile(rows: list[list[Any]], schema: dict[str, Any]) -> dict[str, Any]:
 def drift_reference_upload(
     *, version: ModelVersion, chunks: Iterable[bytes], filename: str, actor: Actor
 ) -> DriftReference:
-    """Store a reference dataset (CSV) for `version`, checked against its schema."""
+    """Store a reference dataset (CSV or Parquet) for `version`, checked against its
+    schema."""
     if not version.schema:
         raise ApplicationError("this version has no schema yet (validation has not finished)")
     limit = settings.PORTAL_DRIFT_REFERENCE_MAX_MB * 1024 * 1024
-    if filename.lower().endswith((".parquet", ".pq")):
-        raise ApplicationError("only CSV reference datasets are accepted (no Parquet reader)")
     data = bytearray()
     for chunk in chunks:  # parsed from memory: the store may keep its files encrypted
         data += chunk
@@ -312,7 +332,7 @@ def drift_reference_upload(
                 f"the reference dataset is larger than {settings.PORTAL_DRIFT_REFERENCE_MAX_MB} MB "
                 "(PORTAL_DRIFT_REFERENCE_MAX_MB)"
             )
-    rows = _read_csv(bytes(data), version.schema)
+    rows = _read_reference(bytes(data), filename, version.schema)
     stored = artifact_store([bytes(data)], max_bytes=limit)
     profile = _profile(rows, version.schema)
     with transaction.atomic():

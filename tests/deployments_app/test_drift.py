@@ -174,8 +174,30 @@ def test_reference_dataset_is_checked_against_the_schema_and_size_limited(
     assert bad.status_code == HTTPStatus.BAD_REQUEST and "3 features" in bad.json()["error"]
     bad = _upload_reference(uploader, house, b"a,b,c\n1,2,x\n")
     assert bad.status_code == HTTPStatus.BAD_REQUEST and "expected a number" in bad.json()["error"]
-    parquet = _upload_reference(uploader, house, b"PAR1", name="ref.parquet")
-    assert parquet.status_code == HTTPStatus.BAD_REQUEST and "CSV" in parquet.json()["error"]
+    parquet = _upload_reference(uploader, house, b"PAR1 not really", name="ref.parquet")
+    assert parquet.status_code == HTTPStatus.BAD_REQUEST
+    assert "not valid Parquet" in parquet.json()["error"]
+    # The same rows as CSV and as Parquet give the same profile (the house model's features
+    # have no names: columns are taken in order, as a CSV's are).
+    import pyarrow.csv
+    import pyarrow.parquet
+
+    text = _reference_csv(random.Random(7), n=50)
+    assert _upload_reference(uploader, house, text).status_code == HTTPStatus.CREATED
+    from_csv = DriftReference.objects.get(version__model=house.model).profile
+    table = pyarrow.csv.read_csv(pyarrow.BufferReader(text))
+    buffer = pyarrow.BufferOutputStream()
+    pyarrow.parquet.write_table(table, buffer)
+    blob = buffer.getvalue().to_pybytes()
+    stored = _upload_reference(uploader, house, blob, name="ref.parquet")
+    assert stored.status_code == HTTPStatus.CREATED, stored.content
+    assert stored.json()["rows"] == 50
+    assert DriftReference.objects.get(version__model=house.model).profile == from_csv
+    buffer = pyarrow.BufferOutputStream()
+    pyarrow.parquet.write_table(table.select(["area", "bedrooms"]), buffer)
+    wrong = _upload_reference(uploader, house, buffer.getvalue().to_pybytes(), name="r.pq")
+    assert wrong.status_code == HTTPStatus.BAD_REQUEST and "3 features" in wrong.json()["error"]
+    DriftReference.objects.filter(version__model=house.model).delete()
     settings.PORTAL_DRIFT_REFERENCE_MAX_MB = 0
     big = _upload_reference(uploader, house, b"a,b,c\n1,2,3\n")
     assert big.status_code == HTTPStatus.REQUEST_ENTITY_TOO_LARGE
@@ -189,7 +211,7 @@ def test_reference_dataset_is_checked_against_the_schema_and_size_limited(
     settings.PORTAL_DRIFT_REFERENCE_MAX_MB = 1
     ok = _upload_reference(uploader, house, b"a,b,c\n1,2,3\n4,5,6\n")
     assert ok.status_code == HTTPStatus.CREATED and ok.json()["rows"] == 2
-    assert AuditEvent.objects.filter(action="version.drift_reference_uploaded").count() == 1
+    assert AuditEvent.objects.filter(action="version.drift_reference_uploaded").count() == 3
 
 
 def test_too_few_captured_rows_give_no_scores(client, monitored):
