@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import pytest
 from django.conf import settings as dj_settings
@@ -51,13 +51,20 @@ class _Observed:
         return True
 
 
+@dataclass(frozen=True)
+class _NoSpec:
+    model_key: bytes = b""
+
+
 @pytest.fixture
 def running(db, monkeypatch):
     """A running deployment with one healthy replica, on the observed runtime."""
     runtime = _Observed()
     monkeypatch.setattr(services, "_runtime", lambda _deployment: runtime)
     monkeypatch.setattr(services, "get_runtime", lambda name=None: runtime)
-    monkeypatch.setattr(services, "build_spec", lambda deployment, version: None)
+    # No image and no artifact behind this deployment: a spec the runtime ignores.
+    monkeypatch.setattr(services, "build_spec", lambda deployment, version: _NoSpec())
+    monkeypatch.setattr(services, "artifact_data_key", lambda sha256: b"k" * 32)
     monkeypatch.setattr(services, "_answers", lambda status: status.healthy)
     name = f"quiet-{uuid.uuid4().hex[:6]}"
     model = RegisteredModel.objects.create(name=name)
