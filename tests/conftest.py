@@ -134,6 +134,25 @@ def api_client(make_user):
 
 
 @pytest.fixture(scope="session")
+def browser():
+    """Debian's Chromium under Playwright, one for the whole run (tests/browser/conftest.py
+    has the page fixtures): a second Playwright started in the same process fails inside
+    the first one's event loop."""
+    from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS
+    from tests.services import require
+
+    require(Path(CHROMIUM).exists() or bool(shutil.which("chromium")), "Debian's chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:  # pragma: no cover - the lock file pins it
+        require(False, "the playwright Python package")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="session")
 def manifest() -> dict[str, dict]:
     entries = json.loads((FIXTURE_DIR / "manifest.json").read_text())
     return {e["file"]: e for e in entries}

@@ -6,13 +6,11 @@ Never `playwright install`: the browser is the system package (`scripts/services
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
 from tests.factories import PASSWORD
-from tests.services import require
 
 # Playwright's sync API runs an event loop in the test thread; the ORM calls the tests make
 # between page actions are ordinary blocking calls, not coroutines.
@@ -27,20 +25,10 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+# The session's one browser is the `browser` fixture of tests/conftest.py: tests elsewhere
+# (the try-it test of explanations) use it too, and a second Playwright in the same run
+# refuses to start inside the first one's event loop.
 SCREENSHOTS = Path(__file__).resolve().parent.parent.parent / "test-artifacts" / "screenshots"
-
-
-@pytest.fixture(scope="session")
-def browser():
-    require(Path(CHROMIUM).exists() or bool(shutil.which("chromium")), "Debian's chromium")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:  # pragma: no cover - the lock file pins it
-        require(False, "the playwright Python package")
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="session")

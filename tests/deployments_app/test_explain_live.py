@@ -26,7 +26,7 @@ from deployments_app.runtimes.base import BuildSpec, ReplicaLimits
 from deployments_app.services import SERVER_DIR
 from models_app.models import ModelVersion, RegisteredModel
 from models_app.validation.pipeline import validate_artifact
-from tests.browser.conftest import browser, login, page  # noqa: F401 - fixtures by name
+from tests.browser.conftest import login, page  # noqa: F401 - the fixture by name
 from tests.conftest import FIXTURE_DIR, AsgiLaneClient
 from tests.deployments_app import test_predict as tp
 from tests.services import require
