@@ -128,8 +128,9 @@ PORTAL_ARTIFACT_DIR = Path(
 )
 # Artifacts are encrypted at rest (models_app.storage, models_app.keyprovider): the master key
 # is PORTAL_ARTIFACT_KEY (64 hex digits or base64 of 32 bytes) or the file
-# PORTAL_ARTIFACT_KEY_FILE. In local mode or DEBUG a key file is made once under the data dir
-# (0600); serving others (DJANGO_ALLOWED_HOSTS set) requires one or the other explicitly.
+# PORTAL_ARTIFACT_KEY_FILE; with neither, a key is made once in <data dir>/artifact.key (0600),
+# as for the audit key: production works with only a secret key and host names, and a team
+# that keeps its store's backups apart from that file (or names its own key) is protected.
 # PORTAL_ARTIFACT_KEY_PREVIOUS (comma-separated) still opens artifacts during a rotation.
 PORTAL_ARTIFACT_KEY = env.str("PORTAL_ARTIFACT_KEY", default="")
 PORTAL_ARTIFACT_KEY_FILE = env.str("PORTAL_ARTIFACT_KEY_FILE", default="")
@@ -137,16 +138,10 @@ PORTAL_ARTIFACT_KEY_PREVIOUS = env.str("PORTAL_ARTIFACT_KEY_PREVIOUS", default="
 PORTAL_ARTIFACT_KEY_PROVIDER = env.str(
     "PORTAL_ARTIFACT_KEY_PROVIDER", default="models_app.keyprovider.EnvKeyProvider"
 )
-PORTAL_ARTIFACT_KEY_FILE_CREATE = False
-if not PORTAL_ARTIFACT_KEY and not PORTAL_ARTIFACT_KEY_FILE:
-    if not (LOCAL_MODE or DEBUG):
-        raise ImproperlyConfigured(
-            "PORTAL_ARTIFACT_KEY or PORTAL_ARTIFACT_KEY_FILE must be set when "
-            "DJANGO_ALLOWED_HOSTS is set: artifacts are encrypted at rest under it "
-            "(see docs/OPERATIONS.md, 'Artifact encryption key')"
-        )
+# Only the default file is made; a named file that is missing is an error.
+PORTAL_ARTIFACT_KEY_FILE_CREATE = not PORTAL_ARTIFACT_KEY and not PORTAL_ARTIFACT_KEY_FILE
+if PORTAL_ARTIFACT_KEY_FILE_CREATE:
     PORTAL_ARTIFACT_KEY_FILE = str(PORTAL_DATA_DIR / "artifact.key")
-    PORTAL_ARTIFACT_KEY_FILE_CREATE = True
 PORTAL_ENV_CACHE = Path(env.str("PORTAL_ENV_CACHE", default=str(PORTAL_DATA_DIR / "envs")))
 PORTAL_WHEELHOUSE = Path(env.str("PORTAL_WHEELHOUSE", default=str(PORTAL_DATA_DIR / "wheels")))
 PORTAL_UPLOAD_TMP_DIR = Path(

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-ARTIFACT_KEY = "5a" * 32  # serving named hosts needs an explicit artifact master key
 
 
 def _run(args: list[str], env_extra: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess:
@@ -78,7 +77,6 @@ def test_named_hosts_get_https_redirect_secure_cookies_and_hsts(tmp_path):
             "DJANGO_SECRET_KEY": "k3y-" + "a1B2c3D4e5F6g7H8i9J0" * 3,
             "DJANGO_ALLOWED_HOSTS": "portal.example",
             "PORTAL_AUDIT_KEY": "audit-" + "z9Y8x7W6v5" * 4,
-            "PORTAL_ARTIFACT_KEY": ARTIFACT_KEY,
         },
         tmp_path,
     )
@@ -117,7 +115,6 @@ def test_check_deploy_passes_in_production_mode(tmp_path):
             "DJANGO_SECRET_KEY": "k3y-" + "a1B2c3D4e5F6g7H8i9J0" * 3,
             "DJANGO_ALLOWED_HOSTS": "portal.example",
             "PORTAL_AUDIT_KEY": "audit-" + "z9Y8x7W6v5" * 4,
-            "PORTAL_ARTIFACT_KEY": ARTIFACT_KEY,
         },
         tmp_path,
     )
@@ -140,16 +137,18 @@ def test_production_refuses_a_weak_audit_key(tmp_path):
 @pytest.mark.parametrize("command", [["check", "--deploy", "--fail-level", "WARNING"],
                                      ["collectstatic", "--noinput", "--dry-run"]])  # fmt: skip
 def test_production_without_an_audit_key_uses_its_key_file(tmp_path, command):
-    """Secret key, hosts and artifact key only (no audit key): it starts."""
+    """Secret key and hosts only (no audit or artifact key): it starts; each key is made once
+    in its file when first needed."""
     env = {
         "DJANGO_DEBUG": "false",
         "DJANGO_SECRET_KEY": "k3y-" + "a1B2c3D4e5F6g7H8i9J0" * 3,
         "DJANGO_ALLOWED_HOSTS": "portal.example",
-        "PORTAL_ARTIFACT_KEY": ARTIFACT_KEY,
         "DJANGO_STATIC_ROOT": str(tmp_path / "static"),
     }
     result = _run(command, env, tmp_path)
     assert result.returncode == 0, result.stderr + result.stdout
+    if command[0] == "check":  # the system check opens the artifact key (made now, 0600)
+        assert (tmp_path / "artifact.key").stat().st_mode & 0o777 == 0o600
 
 
 @pytest.mark.parametrize("level", ["full", "Namespaces"])
