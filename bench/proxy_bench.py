@@ -277,6 +277,21 @@ def run_wrk(url: str, script: Path, conc: int, duration: float) -> dict[str, flo
 # --------------------------------------------------------------------------- set-up
 
 
+def comparison_args(doc: str) -> argparse.Namespace:
+    """The options of the scripts that compare two settings on this harness (capture_bench,
+    shadow_bench): uvicorn as runportal serves it, rounds of wrk; SIGTERM stops cleanly."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--duration", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=max(2, os.cpu_count() or 1))
+    parser.add_argument("--runtime", choices=["auto", "docker", "process"], default="auto")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    args = parser.parse_args()
+    args.server, args.threads, args.access_log, args.profile = "uvicorn", 4, True, False
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+    return args
+
+
 def setup_environment(tmp: Path, dbname: str, redis_url: str) -> None:
     """The production settings, for gunicorn and for this process's Django."""
     os.environ.update(

@@ -16,9 +16,7 @@ removes everything it made.
 
 from __future__ import annotations
 
-import argparse
 import os
-import signal
 import statistics
 import sys
 import time
@@ -29,15 +27,7 @@ import proxy_bench as pb  # noqa: E402 - a sibling script
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=max(2, os.cpu_count() or 1))
-    parser.add_argument("--runtime", choices=["auto", "docker", "process"], default="auto")
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
-    args = parser.parse_args()
-    args.server, args.threads, args.access_log, args.profile = "uvicorn", 4, True, False
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+    args = pb.comparison_args(__doc__)
     bench = pb.Bench(args)
     try:
         bench.prepare_portal()
